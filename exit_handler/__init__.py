@@ -1,0 +1,1 @@
+"""The run-completion exit handler for ML pipelines on Argo Workflows."""

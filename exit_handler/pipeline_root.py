@@ -1,0 +1,254 @@
+"""Find this run's executions of a component output under the pipeline root (SPEC §3).
+
+TFX writes `{root}/{component}/{output}/{execution_id}/`, and the root is shared by every
+run of the pipeline. Listing costs one request per 1,000 execution prefixes plus one per
+execution looked into, newest first, stopping at the first execution older than the run:
+the cost follows this run's pushes, not the pipeline's history.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import partial
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
+
+from exit_handler.deadline import Deadline, backoff
+from exit_handler.errors import BadInput, Refused, Unavailable
+
+if TYPE_CHECKING:
+    from google.cloud.storage import Client
+
+log = logging.getLogger(__name__)
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
+# A component or output name becomes one path segment: no slash, no traversal.
+SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+REQUEST_TIMEOUT = 10.0
+T = TypeVar("T")
+
+
+def check_segment(value: str) -> str:
+    """Return `value` if it can name a component or output directory, else raise ValueError."""
+    if not SEGMENT.fullmatch(value) or value in {".", ".."}:
+        raise ValueError(f"{value[:60]!r} is not a component or output name ([A-Za-z0-9_.-])")
+    return value
+
+
+@dataclass(frozen=True)
+class PipelineRoot:
+    """`gs://bucket/path`, the folder under which TFX writes every component's outputs."""
+
+    bucket: str
+    path: str
+
+    @classmethod
+    def parse(cls, text: str) -> PipelineRoot:
+        if "{{" in text:
+            raise ValueError(f"{text[:60]!r} is an unresolved Argo variable")
+        if not text.startswith("gs://"):
+            raise ValueError(f"{text[:60]!r} is not a gs://bucket/path URI")
+        bucket, _, path = text[len("gs://") :].partition("/")
+        if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+            raise ValueError(f"{bucket[:63]!r} is not a valid GCS bucket name")
+        segments = path.strip("/").split("/") if path.strip("/") else []
+        if any(segment in {"", ".", ".."} or not segment.isprintable() for segment in segments):
+            raise ValueError(f"{text[:60]!r} has an empty, '.', '..' or unprintable path segment")
+        return cls(bucket, "/".join(segments))
+
+    def output_prefix(self, component: str, output: str) -> str:
+        """The object-name prefix under which each execution is one 'directory'."""
+        return "/".join([*filter(None, [self.path]), component, output, ""])
+
+    def __str__(self) -> str:
+        return f"gs://{self.bucket}/{self.path}" if self.path else f"gs://{self.bucket}"
+
+
+class StoredObject(NamedTuple):
+    """The fields of one GCS object that discovery reads."""
+
+    name: str
+    size: int
+    created: datetime
+    metadata: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Execution:
+    """One execution directory of a component output that this run wrote."""
+
+    component: str
+    output: str
+    version: str
+    uri: str
+    pushed: bool
+    created: datetime
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+def version_order(version: str) -> tuple[int, int, str]:
+    """Execution ids only grow: numeric order first, other names after, lexicographically."""
+    return (0, int(version), "") if version.isdigit() else (1, 0, version)
+
+
+@dataclass
+class RootLister:
+    """Lists one pipeline root for one run; each component output is listed at most once."""
+
+    root: PipelineRoot
+    window_start: datetime
+    window_end: datetime
+    deadline: Deadline
+    requests: int = 0
+    _client: Client | None = None
+    _cache: dict[tuple[str, str], list[Execution]] = field(default_factory=dict)
+
+    def executions(self, component: str, output: str) -> list[Execution]:
+        """This run's executions of `component/output`, oldest first."""
+        key = (component, output)
+        if key not in self._cache:
+            self._cache[key] = self._list(component, output)
+        return self._cache[key]
+
+    def _list(self, component: str, output: str) -> list[Execution]:
+        prefix = self.root.output_prefix(component, output)
+        versions = sorted(self._call(partial(self._prefixes, prefix)), key=version_order)
+        found: list[Execution] = []
+        for version in reversed(versions):
+            objects = self._call(partial(self._objects, f"{prefix}{version}/"))
+            if not objects:
+                continue
+            created = min(blob.created for blob in objects)
+            if created < self.window_start:
+                break
+            if created > self.window_end:
+                continue
+            found.append(self._execution(component, output, version, created, objects))
+        found.reverse()
+        if len(found) > 1:
+            log.warning(
+                "%s/%s has %d executions inside this run's window (%s): overlapping runs "
+                "of the same pipeline? keeping them all",
+                component,
+                output,
+                len(found),
+                ", ".join(execution.version for execution in found),
+            )
+        return found
+
+    def _execution(
+        self,
+        component: str,
+        output: str,
+        version: str,
+        created: datetime,
+        objects: list[StoredObject],
+    ) -> Execution:
+        metadata: dict[str, str] = {}
+        for blob in objects:
+            for key, value in blob.metadata.items():
+                metadata.setdefault(key, value)
+        pushed = any(not _is_marker(blob) for blob in objects)
+        uri = f"gs://{self.root.bucket}/{self.root.output_prefix(component, output)}{version}"
+        return Execution(component, output, version, uri, pushed, created, metadata)
+
+    def _storage(self) -> Client:
+        if self._client is None:
+            # Imported here: ~0.35 s that a run without a pipeline root must not pay.
+            from google.cloud import storage
+
+            self._client = storage.Client(project="<none>")
+        return self._client
+
+    def _prefixes(self, prefix: str) -> list[str]:
+        pages = self._storage().list_blobs(
+            self.root.bucket,
+            prefix=prefix,
+            delimiter="/",
+            fields="prefixes,nextPageToken",
+            retry=None,
+            timeout=self.deadline.cap(REQUEST_TIMEOUT),
+        )
+        for _ in pages.pages:
+            self.requests += 1
+        return [name[len(prefix) :].rstrip("/") for name in pages.prefixes]
+
+    def _objects(self, prefix: str) -> list[StoredObject]:
+        pages = self._storage().list_blobs(
+            self.root.bucket,
+            prefix=prefix,
+            fields="items(name,size,timeCreated,metadata),nextPageToken",
+            retry=None,
+            timeout=self.deadline.cap(REQUEST_TIMEOUT),
+        )
+        objects: list[StoredObject] = []
+        for page in pages.pages:
+            self.requests += 1
+            objects.extend(
+                StoredObject(blob.name, blob.size or 0, blob.time_created, blob.metadata or {})
+                for blob in page
+            )
+        return objects
+
+    def _call(self, request: Callable[[], T]) -> T:
+        """Run one listing, retrying transient GCS errors with backoff inside the deadline."""
+        from google.api_core import exceptions as api
+        from google.auth import exceptions as auth
+        from requests import exceptions as http
+
+        transient: tuple[type[BaseException], ...] = (
+            api.TooManyRequests,
+            api.ServerError,
+            auth.TransportError,
+            http.ConnectionError,
+            http.Timeout,
+            ConnectionError,
+            TimeoutError,
+        )
+        last: BaseException | None = None
+        delays = backoff(self.deadline, first=0.2, ceiling=5.0)
+        while True:
+            try:
+                return request()
+            except (api.Forbidden, api.Unauthorized, auth.DefaultCredentialsError) as err:
+                raise Refused(
+                    f"GCS refused to list {self.root}: {_reason(err)}; give the workflow's "
+                    "service account storage.objects.list on the bucket"
+                ) from err
+            except api.NotFound as err:
+                raise BadInput(
+                    f"--pipeline-root: bucket {self.root.bucket!r} does not exist ({_reason(err)})"
+                ) from err
+            except api.BadRequest as err:
+                raise BadInput(
+                    f"--pipeline-root: GCS rejected {self.root}: {_reason(err)}"
+                ) from err
+            except transient as err:
+                last = err
+                log.info("GCS listing of %s failed (%s); retrying", self.root, _reason(err))
+            delay = next(delays, None)
+            if delay is None:
+                raise Unavailable(
+                    f"GCS did not answer the listing of {self.root} before the deadline "
+                    f"({self.deadline.seconds:g} s; last error: {_reason(last)})"
+                )
+            time.sleep(delay)
+
+
+def _is_marker(blob: StoredObject) -> bool:
+    """A zero-byte 'directory' object: what a Pusher that pushed nothing may leave."""
+    return blob.size == 0 and blob.name.endswith("/")
+
+
+def _reason(err: BaseException | None) -> str:
+    text = str(err).splitlines()[0] if err is not None and str(err) else type(err).__name__
+    return text[:200]
+
+
+def pushed_versions(executions: Iterable[Execution]) -> list[Execution]:
+    """The executions that hold a pushed model (not only a directory marker)."""
+    return [execution for execution in executions if execution.pushed]
