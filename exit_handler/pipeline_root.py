@@ -129,6 +129,15 @@ class RootLister:
                 continue
             found.append(self._execution(component, output, version, created, objects))
         found.reverse()
+        log.info(
+            "%s/%s: %d of %d executions are this run's (%s); %d GCS requests so far",
+            component,
+            output,
+            len(found),
+            len(versions),
+            ", ".join(execution.version for execution in found) or "none",
+            self.requests,
+        )
         if len(found) > 1:
             log.warning(
                 "%s/%s has %d executions inside this run's window (%s): overlapping runs "

@@ -1,0 +1,109 @@
+"""Fixtures: real nats-server and fake-gcs-server, and the CLI called in-process."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from exit_handler.cli import main
+from exit_handler.testing import FakeGcsServer, NatsServer
+
+
+@dataclass
+class Result:
+    status: int
+    stdout: str
+    stderr: str
+
+    @property
+    def dry_run(self) -> dict[str, object]:
+        parsed: dict[str, object] = json.loads(self.stdout)
+        return parsed
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    with NatsServer(store_dir=tmp_path_factory.mktemp("jetstream")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def gcs_server() -> Iterator[FakeGcsServer]:
+    with FakeGcsServer() as server:
+        yield server
+
+
+@pytest.fixture
+def gcs(gcs_server: FakeGcsServer, monkeypatch: pytest.MonkeyPatch) -> FakeGcsServer:
+    """The emulator, with google-cloud-storage pointed at it for this test."""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server.endpoint)
+    return gcs_server
+
+
+@pytest.fixture
+def bucket(gcs: FakeGcsServer) -> str:
+    """A fresh bucket, so that tests sharing the emulator never see each other's runs."""
+    name = f"root-{uuid.uuid4().hex[:12]}"
+    gcs.create_bucket(name)
+    return name
+
+
+@pytest.fixture
+def subject() -> str:
+    """A subject of this test's own on the shared server."""
+    return f"events.{uuid.uuid4().hex[:12]}"
+
+
+def run_handler(*args: str, env: dict[str, str] | None = None) -> Result:
+    """`exit-handler ARGS` in-process, with its own environment and streams."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    status = main(list(args), environ=env or {}, stdout=stdout, stderr=stderr)
+    return Result(int(status), stdout.getvalue(), stderr.getvalue())
+
+
+def run_starts_now() -> str:
+    """Begin 'this run' on a whole second after every object written so far.
+
+    Argo's creationTimestamp has whole seconds and GCS stamps objects itself; with
+    `--clock-skew 0` everything uploaded before this call is older than the run.
+    """
+    now = time.time()
+    time.sleep(int(now) + 1 - now + 0.01)
+    return datetime.fromtimestamp(int(now) + 1, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def upload_model(gcs: FakeGcsServer, bucket: str, prefix: str, version: str) -> str:
+    """A pushed model's copy under `prefix/version/`, as the Pusher writes it."""
+    for name, data in (("saved_model.pb", b"\x08\x01" * 32), ("variables/variables.index", b"i")):
+        gcs.upload(bucket, f"{prefix}/{version}/{name}", data)
+    return f"gs://{bucket}/{prefix}/{version}"
+
+
+def base_args(
+    subject: str, nats_url: str, *, status: str = "Succeeded", uid: str | None = None
+) -> list[str]:
+    """What the WorkflowTemplate passes, minus the pipeline root."""
+    return [
+        "publish",
+        f"--status={status}",
+        "--workflow-name=penguin-pipeline-x7k2p",
+        f"--workflow-uid={uid or uuid.uuid4()}",
+        "--namespace=kubeflow",
+        "--pipeline-name=penguin-pipeline",
+        f"--nats-url={nats_url}",
+        f"--subject={subject}",
+        "--timeout=10",
+    ]
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)

@@ -1,0 +1,134 @@
+"""The event model and its wire forms, without a server."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import datetime, timezone
+from urllib.parse import unquote
+
+from cloudevents.core.formats.json import JSONFormat
+
+from exit_handler.event import Artifact, build_event, event_data, event_id
+from exit_handler.run import Failure, Run
+from exit_handler.wire import encode, fit, percent_encode
+
+OBSERVED = datetime(2026, 11, 26, 10, 42, 13, tzinfo=timezone.utc)
+RUN = Run(
+    status="failed",
+    pipeline_name="penguin-pipeline",
+    workflow_name="penguin-pipeline-x7k2p",
+    workflow_uid="uid-1",
+    namespace="kubeflow",
+    created_at=datetime(2026, 11, 26, 10, 0, tzinfo=timezone.utc),
+    failures=(Failure("Trainer", "trainer", "Failed", "OOMKilled", "2026-11-26T10:41:00Z"),),
+)
+
+
+def data(run: Run = RUN, **kwargs: object) -> dict[str, object]:
+    arguments: dict[str, object] = {
+        "provider": "kfp",
+        "observed_at": OBSERVED,
+        "serving_model_artifacts": [],
+        "artifacts": [],
+    }
+    arguments.update(kwargs)
+    return event_data(run, **arguments)  # type: ignore[arg-type]
+
+
+def test_id_is_stable_for_the_same_outcome_and_new_for_another() -> None:
+    reordered = replace(RUN, failures=(*RUN.failures, Failure("Evaluator", "eval", "Error")))
+    swapped = replace(reordered, failures=tuple(reversed(reordered.failures)))
+    assert event_id(RUN) == event_id(replace(RUN, run_name="other", namespace=None))
+    assert event_id(reordered) == event_id(swapped)  # sorted: Argo's order does not matter
+    assert event_id(RUN) != event_id(reordered)
+    assert event_id(RUN) != event_id(replace(RUN, workflow_uid="uid-2"))
+    assert event_id(RUN) != event_id(replace(RUN, status="succeeded"))
+    # finishedAt is not part of the outcome: a retried pod sees the same failures.
+    retried = replace(RUN, failures=(replace(RUN.failures[0], finished_at="later"),))
+    assert event_id(RUN) == event_id(retried)
+
+
+def test_data_keeps_the_seed_keys_first_and_omits_unknown_extras() -> None:
+    payload = data(serving_model_artifacts=[Artifact("a", "gs://b/p")])
+    assert list(payload)[:5] == [
+        "provider",
+        "status",
+        "pipelineName",
+        "servingModelArtifacts",
+        "artifacts",
+    ]
+    assert payload["servingModelArtifacts"] == [{"name": "a", "location": "gs://b/p"}]
+    assert "runId" not in payload
+    assert "outputParameters" not in payload
+    assert None not in payload.values()
+    assert payload["runStartTime"] == "2026-11-26T10:00:00Z"
+    assert payload["runEndTime"] == "2026-11-26T10:42:13Z"
+
+
+def test_failures_only_for_failed_runs_first_twenty_messages_cut() -> None:
+    many = tuple(Failure(f"step-{i}", "t", "Failed", "x" * 5000) for i in range(30))
+    payload = data(replace(RUN, failures=many))
+    failures = payload["failures"]
+    assert isinstance(failures, list)
+    assert len(failures) == 20
+    assert failures[0] == {
+        "displayName": "step-0",
+        "templateName": "t",
+        "phase": "Failed",
+        "message": "x" * 1000,
+    }
+    assert "failures" not in data(replace(RUN, status="succeeded"))
+
+
+def test_binary_mode_headers_and_payload() -> None:
+    event = build_event(RUN, data(), source="kfp", observed_at=OBSERVED)
+    message = encode(event, "events", "binary")
+    assert message.headers == {
+        "ce-specversion": "1.0",
+        "ce-id": event_id(RUN),
+        "ce-source": "kfp",
+        "ce-type": "org.kubeflow.pipelines.run-completion",
+        "ce-datacontenttype": "application/json",
+        "ce-subject": "penguin-pipeline",
+        "ce-time": "2026-11-26T10:42:13Z",
+        "Content-Type": "application/json",
+        "Nats-Msg-Id": event_id(RUN),
+    }
+    assert json.loads(message.payload) == data()
+
+
+def test_structured_mode_reads_back_with_the_sdk() -> None:
+    event = build_event(RUN, data(), source="kfp", observed_at=OBSERVED)
+    message = encode(event, "events", "structured")
+    assert message.headers == {
+        "Content-Type": "application/cloudevents+json",
+        "Nats-Msg-Id": event_id(RUN),
+    }
+    read = JSONFormat().read(None, message.payload)
+    assert read.get_id() == event_id(RUN)
+    assert read.get_time() == OBSERVED
+    assert read.get_subject() == "penguin-pipeline"
+    assert read.get_data() == data()
+
+
+def test_header_values_are_percent_encoded_as_the_binding_requires() -> None:
+    assert percent_encode("a b\"%ü") == "a%20b%22%25%C3%BC"
+    assert percent_encode("plain-text:/?") == "plain-text:/?"
+    assert unquote(percent_encode("pipeline ünïcode \n")) == "pipeline ünïcode \n"
+
+
+def test_fit_drops_failures_until_the_message_fits() -> None:
+    many = tuple(Failure(f"step-{i}", "t", "Failed", "m" * 900) for i in range(20))
+    run = replace(RUN, failures=many)
+
+    def render(limit: int):  # type: ignore[no-untyped-def]
+        payload = data(run, failure_limit=limit)
+        return encode(build_event(run, payload, source="kfp", observed_at=OBSERVED), "e", "binary")
+
+    full = render(20).size()
+    fitted = fit(render, full - 1, 20)
+    assert fitted.size() <= full - 1
+    assert len(json.loads(fitted.payload)["failures"]) == 19
+    assert fitted.headers["Nats-Msg-Id"] == event_id(run)  # the id counts every failure
+    assert fit(render, full, 20).size() == full

@@ -1,0 +1,87 @@
+"""Reading Argo's variables: status mapping, failures as Argo really quotes them."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import pytest
+
+from exit_handler.errors import InvalidFields
+from exit_handler.run import Failure, RunText, decode_failures, parse_timestamp, read_run
+
+ARGO_FAILURES = [
+    {
+        "displayName": "Trainer",
+        "message": "OOMKilled (exit code 137)",
+        "templateName": "trainer",
+        "phase": "Failed",
+        "podName": "penguin-x7k2p-1234",
+        "finishedAt": "2026-11-26T10:41:00Z",
+    }
+]
+
+
+def run_text(**overrides: str | None) -> RunText:
+    fields: dict[str, str | None] = {
+        "status": "Succeeded",
+        "pipeline_name": "penguin-pipeline",
+        "workflow_name": "penguin-pipeline-x7k2p",
+        "workflow_uid": "0f5d-uid",
+    }
+    fields.update(overrides)
+    return RunText(**fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("argo", "event"), [("Succeeded", "succeeded"), ("Failed", "failed"), ("Error", "failed")]
+)
+def test_final_statuses_map_to_the_two_event_statuses(argo: str, event: str) -> None:
+    assert read_run(run_text(status=argo)).status == event
+
+
+def test_failures_quoted_twice_as_argo_passes_them() -> None:
+    twice = json.dumps(json.dumps(ARGO_FAILURES))
+    assert decode_failures(twice) == [
+        Failure(
+            "Trainer", "trainer", "Failed", "OOMKilled (exit code 137)", "2026-11-26T10:41:00Z"
+        )
+    ]
+
+
+def test_failures_quoted_once_are_accepted_too() -> None:
+    assert decode_failures(json.dumps(ARGO_FAILURES))[0].display_name == "Trainer"
+
+
+@pytest.mark.parametrize("none", ["null", '"null"', "", None, "[]", '"[]"'])
+def test_no_failures(none: str | None) -> None:
+    assert decode_failures(none) == []
+
+
+def test_exit_handler_own_nodes_are_not_failures_of_the_run() -> None:
+    own = {"displayName": "exit-handler", "templateName": "publish", "phase": "Error"}
+    failures = json.dumps(json.dumps([*ARGO_FAILURES, own]))
+    run = read_run(run_text(status="Failed", failures=failures))
+    assert [failure.template_name for failure in run.failures] == ["trainer"]
+
+
+def test_all_bad_fields_are_named_in_one_error() -> None:
+    with pytest.raises(InvalidFields) as caught:
+        read_run(run_text(status="Running", workflow_uid="", created_at="yesterday"))
+    assert [problem.split(":")[0] for problem in caught.value.problems] == [
+        "--status",
+        "--workflow-uid",
+        "--created-at",
+    ]
+
+
+def test_timestamps_are_rfc3339_with_an_offset() -> None:
+    assert parse_timestamp("2026-11-26T10:00:00Z") == datetime(
+        2026, 11, 26, 10, tzinfo=timezone.utc
+    )
+    assert parse_timestamp("2026-11-26T12:00:00.123456789+02:00") == datetime(
+        2026, 11, 26, 10, 0, 0, 123456, tzinfo=timezone.utc
+    )
+    for bad in ("2026-11-26", "2026-11-26T10:00:00", "2026-13-01T00:00:00Z", "{{x}}"):
+        with pytest.raises(ValueError, match="--created-at|RFC 3339|valid|unresolved"):
+            parse_timestamp(bad)
