@@ -108,9 +108,11 @@ def create_stream(url: str, name: str, subject: str) -> None:
 
 def main() -> int:
     say("== 1. Local servers")
-    with tempfile.TemporaryDirectory() as scratch, NatsServer(
-        store_dir=Path(scratch) / "js"
-    ) as nats_server, FakeGcsServer() as gcs:
+    with (
+        tempfile.TemporaryDirectory() as scratch,
+        NatsServer(store_dir=Path(scratch) / "js") as nats_server,
+        FakeGcsServer() as gcs,
+    ):
         say(f"  nats-server {nats_server.url} (JetStream on), pid {nats_server.pid}")
         say(f"  fake-gcs-server {gcs.endpoint}, pid {gcs.pid}")
         env = {**os.environ, "STORAGE_EMULATOR_HOST": gcs.endpoint}

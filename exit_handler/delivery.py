@@ -212,6 +212,11 @@ async def _publish_core(
     """Publish and flush; a permission violation reaches only the error callback."""
     seen = len(errors)
     await nc.publish(message.subject, message.payload, headers=message.headers or None)
+    # nats-py writes flush()'s PING straight to the socket while the PUB may still sit
+    # in its buffer: the PONG could then return before the server saw the PUB, and a
+    # permission violation would arrive after we declared success. Wait for the buffer.
+    while nc.pending_data_size and not deadline.expired():
+        await asyncio.sleep(0.001)
     await nc.flush(timeout=deadline.cap(ATTEMPT_TIMEOUT))  # type: ignore[arg-type]  # float works
     for err in errors[seen:]:
         if _PERMISSION_ERROR in str(err).lower():

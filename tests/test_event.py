@@ -113,7 +113,7 @@ def test_structured_mode_reads_back_with_the_sdk() -> None:
 
 
 def test_header_values_are_percent_encoded_as_the_binding_requires() -> None:
-    assert percent_encode("a b\"%ü") == "a%20b%22%25%C3%BC"
+    assert percent_encode('a b"%ü') == "a%20b%22%25%C3%BC"
     assert percent_encode("plain-text:/?") == "plain-text:/?"
     assert unquote(percent_encode("pipeline ünïcode \n")) == "pipeline ünïcode \n"
 
