@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+from exit_handler.artifact_definitions import ArtifactDefinition, DefinitionError, load_definitions
 from exit_handler.delivery import DELIVERIES, NatsAuth, NatsSettings
 from exit_handler.errors import BadInput, InvalidFields
 from exit_handler.pipeline_root import PipelineRoot, check_segment
@@ -125,8 +126,7 @@ class Options:
     root: PipelineRoot | None
     pusher_components: tuple[str, ...]
     clock_skew: float
-    artifacts_text: str | None
-    artifacts_source: str
+    artifacts: tuple[ArtifactDefinition, ...]
     provider: str
     nats: NatsSettings
     content_mode: str
@@ -173,11 +173,16 @@ def read_options(values: Mapping[str, Any], environ: Mapping[str, str]) -> Optio
         )
     except InvalidFields as err:
         problems.extend(err.problems)
-    artifacts = check("--artifacts", lambda: _one_of(get, "artifacts", "artifacts_file"), None)
-    artifacts_text: str | None = artifacts[1] if artifacts else None
-    if artifacts and artifacts[0] == "--artifacts-file":
-        path = artifacts[1]
-        artifacts_text = check("--artifacts-file", lambda: _text(path), None)
+    definitions: list[ArtifactDefinition] = []
+    given = check("--artifacts", lambda: _one_of(get, "artifacts", "artifacts_file"), None)
+    if given:
+        option, value = given
+        source = option if option == "--artifacts" else f"--artifacts-file {value}"
+        text = value if option == "--artifacts" else check(option, lambda: _text(value), "")
+        try:
+            definitions = load_definitions(text or "", source=source)
+        except DefinitionError as err:
+            problems.append(str(err))
     options = Options(
         run=run,  # type: ignore[arg-type]  # None only when problems were found; see below
         root=root,
@@ -188,8 +193,7 @@ def read_options(values: Mapping[str, Any], environ: Mapping[str, str]) -> Optio
         )
         or ("Pusher",),
         clock_skew=check("--clock-skew", lambda: _seconds(get("clock_skew"), 5, 0), 5.0),
-        artifacts_text=artifacts_text,
-        artifacts_source=_source(artifacts),
+        artifacts=tuple(definitions),
         provider=check("--provider", lambda: _word(get("provider") or "kfp"), "kfp"),
         nats=NatsSettings(
             servers=check("--nats-url", lambda: _servers(get("nats_url") or DEFAULT_NATS_URL), ()),
@@ -219,11 +223,6 @@ def _one_of(get: Callable[[str], Any], text: str, file: str) -> tuple[str, str] 
     if len(given) > 1:
         raise ValueError(f"give --{text.replace('_', '-')} or {given[1][0]}, not both")
     return given[0] if given else None
-
-
-def _source(given: tuple[str, str] | None) -> str:
-    """Where the artifact definitions came from, for error lines."""
-    return given[1] if given and given[0].endswith("-file") else "--artifacts"
 
 
 def _text(path: str) -> str:

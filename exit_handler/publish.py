@@ -1,7 +1,8 @@
 """`exit-handler publish`: read the run, find its artifacts, build the event, send it.
 
-Data flows one way: options (validated) → pipeline-root listing → artifacts → event →
-wire message → delivery. Bad input is rejected before anything is listed or sent.
+Data flows one way: options (validated, artifact definitions parsed) → pipeline-root
+listing → artifacts → event → wire message → delivery. Bad input is rejected before
+anything is listed or sent.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 from datetime import datetime, timedelta, timezone
 from typing import TextIO
 
-from exit_handler.artifacts import serving_model_artifacts
+from exit_handler.artifacts import resolve, serving_model_artifacts
 from exit_handler.deadline import Deadline
 from exit_handler.delivery import deliver
 from exit_handler.errors import Refused, Unavailable
@@ -39,6 +40,7 @@ def publish(options: Options, *, stdout: TextIO, observed_at: datetime | None = 
             deadline=deadline,
         )
     serving = serving_model_artifacts(run, lister, options.pusher_components)
+    artifacts = resolve(options.artifacts, lister)
 
     def render(failure_limit: int) -> Message:
         data = event_data(
@@ -46,7 +48,7 @@ def publish(options: Options, *, stdout: TextIO, observed_at: datetime | None = 
             provider=options.provider,
             observed_at=observed_at,
             serving_model_artifacts=serving,
-            artifacts=[],
+            artifacts=artifacts,
             failure_limit=failure_limit,
         )
         event = build_event(run, data, source=options.provider, observed_at=observed_at)
