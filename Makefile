@@ -20,9 +20,11 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/mypy
 
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not slow"
 
-test-all: test
+# The whole suite with the tests marked slow (over 30 s, or that install packages): CI runs it.
+test-all: lint
+	$(PY) -m pytest
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -6,11 +6,13 @@ their own argv, environment and streams.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
 import traceback
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TextIO
 
 from exit_handler import logs
@@ -21,10 +23,21 @@ log = logging.getLogger(__name__)
 LOG_FORMATS = ("text", "json")
 
 
+@dataclass
+class Context:
+    """The process's surroundings, passed in so that tests can fake them."""
+
+    environ: Mapping[str, str]
+    stdin: TextIO
+    stdout: TextIO
+    stderr: TextIO
+    debug: bool = False
+
+
 def build_parser() -> Parser:
     parser = Parser(
         prog="exit-handler",
-        description="Publish the run-completion CloudEvent of a finished Argo workflow.",
+        description="The run-completion exit handler for ML pipelines on Argo Workflows.",
         allow_abbrev=False,
     )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -36,7 +49,40 @@ def build_parser() -> Parser:
         allow_abbrev=False,
     )
     add_publish_options(publish)
-    publish.set_defaults(command_parser=publish)
+    publish.set_defaults(command_parser=publish, run=_publish)
+    inject = commands.add_parser(
+        "inject",
+        help="wire the exit handler into a compiled pipeline (Argo Workflow YAML)",
+        description="Set spec.onExit of a compiled Argo Workflow to call the exit handler's "
+        "WorkflowTemplate; an existing onExit keeps running beside it.",
+        allow_abbrev=False,
+    )
+    inject.add_argument("workflow", metavar="IN.yaml", help="the compiled workflow, - for stdin")
+    inject.add_argument("-o", "--output", metavar="OUT.yaml", help="default: stdout")
+    inject.add_argument(
+        "--artifact", action="append", default=[], metavar="NAME=PATH", help="repeatable"
+    )
+    inject.add_argument(
+        "--output-parameter",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a global output that every run produces (repeatable)",
+    )
+    inject.add_argument("--pipeline-root", help="when the workflow has no pipeline-root parameter")
+    inject.add_argument("--provider", help="the event's provider and source, default kfp")
+    inject.add_argument("--workflow-template", default="kfp-exit-handler")
+    inject.add_argument("--template", default="publish")
+    inject.add_argument(
+        "--cluster-scope", action="store_true", help="call the ClusterWorkflowTemplate"
+    )
+    inject.add_argument(
+        "--continue-on-failure",
+        action="store_true",
+        help="a publishing failure does not change the run's status",
+    )
+    inject.add_argument("--debug", action="store_true", help="tracebacks on errors")
+    inject.set_defaults(run=_inject)
     return parser
 
 
@@ -45,33 +91,66 @@ def main(
     environ: Mapping[str, str] | None = None,
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
+    stdin: TextIO | None = None,
 ) -> int:
     """Run the command; return its exit status (SPEC §6)."""
-    environ = os.environ if environ is None else environ
-    stdout = stdout or sys.stdout
-    logs.configure(environ.get("EXIT_HANDLER_LOG_FORMAT") or "text", stderr or sys.stderr)
-    debug = False
+    context = Context(
+        environ=os.environ if environ is None else environ,
+        stdin=stdin or sys.stdin,
+        stdout=stdout or sys.stdout,
+        stderr=stderr or sys.stderr,
+    )
+    logs.configure(context.environ.get("EXIT_HANDLER_LOG_FORMAT") or "text", context.stderr)
     try:
-        parser = build_parser()
-        args = parser.parse_args(argv)
-        values = with_environment(args.command_parser, args, environ)
-        debug = bool(values.get("debug"))
-        logs.configure(_log_format(values.get("log_format")), stderr or sys.stderr)
-        options = read_options(values, environ)
-        from exit_handler.publish import publish
-
-        publish(options, stdout=stdout)
+        args = build_parser().parse_args(argv)
+        args.run(args, context)
     except ExitHandlerError as err:
         log.error("%s", err)
-        if debug:
-            traceback.print_exc(file=stderr or sys.stderr)
+        if context.debug:
+            traceback.print_exc(file=context.stderr)
         return err.status
     except Exception as err:  # a bug: say so in one line, trace only on request
         log.error("internal error (a bug, please report it): %s: %s", type(err).__name__, err)
-        if debug:
-            traceback.print_exc(file=stderr or sys.stderr)
+        if context.debug:
+            traceback.print_exc(file=context.stderr)
         return ExitStatus.ERROR
     return ExitStatus.SUCCESS
+
+
+def _publish(args: argparse.Namespace, context: Context) -> None:
+    values = with_environment(args.command_parser, args, context.environ)
+    context.debug = bool(values.get("debug"))
+    logs.configure(_log_format(values.get("log_format")), context.stderr)
+    options = read_options(values, context.environ)
+    from exit_handler.publish import publish
+
+    publish(options, stdout=context.stdout)
+
+
+def _inject(args: argparse.Namespace, context: Context) -> None:
+    from exit_handler.inject import (
+        InjectOptions,
+        check_names,
+        inject,
+        parse_artifact,
+        read_workflow,
+        write_workflow,
+    )
+
+    context.debug = args.debug
+    options = InjectOptions(
+        workflow_template=args.workflow_template,
+        template=args.template,
+        cluster_scope=args.cluster_scope,
+        provider=args.provider or None,
+        pipeline_root=args.pipeline_root or None,
+        artifacts=tuple(parse_artifact(text, n) for n, text in enumerate(args.artifact, 1)),
+        output_parameters=tuple(args.output_parameter),
+        continue_on_failure=args.continue_on_failure,
+    )
+    check_names(options, args.output_parameter)
+    workflow = read_workflow(args.workflow, context.stdin)
+    write_workflow(inject(workflow, options), args.output, context.stdout)
 
 
 def _log_format(value: str | None) -> str:

@@ -20,6 +20,7 @@ MAX_FAILURES_TEXT = 8 * 1024 * 1024
 MAX_NAME = 253
 # Argo parameter names: what `{{workflow.outputs.parameters.NAME}}` can name.
 _PARAMETER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_RETRY_SUFFIX = re.compile(r"\(\d+\)$")
 _FAILURE_KEYS = ("displayName", "templateName", "phase", "message", "finishedAt")
 
 
@@ -32,6 +33,15 @@ class Failure:
     phase: str = ""
     message: str = ""
     finished_at: str = ""
+
+    def is_exit_handler(self, exit_templates: tuple[str, ...]) -> bool:
+        """A node of the exit handler itself, e.g. a failed earlier attempt of this pod.
+
+        Argo leaves `templateName` empty on a node that a `templateRef` step created, so
+        the step's display name (without a retry's `(n)` suffix) counts too.
+        """
+        display = _RETRY_SUFFIX.sub("", self.display_name)
+        return self.template_name in exit_templates or display in exit_templates
 
     def identity(self) -> tuple[str, str, str, str]:
         """The part of a failure that identifies the outcome (the event id hashes it)."""
@@ -112,7 +122,7 @@ def read_run(text: RunText) -> Run:
         failures = tuple(
             failure
             for failure in decode_failures(text.failures)
-            if failure.template_name not in text.exit_templates
+            if not failure.is_exit_handler(text.exit_templates)
         )
     except ValueError as err:
         problems.append(f"--failures: {err}")

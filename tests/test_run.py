@@ -83,3 +83,13 @@ def test_timestamps_are_rfc3339_with_an_offset() -> None:
     for bad in ("2026-11-26", "2026-11-26T10:00:00", "2026-13-01T00:00:00Z", "{{x}}"):
         with pytest.raises(ValueError, match=r"RFC 3339|valid|unresolved"):
             parse_timestamp(bad)
+
+
+def test_a_retried_exit_step_is_recognised_by_its_display_name() -> None:
+    """Argo leaves templateName empty on templateRef nodes; the step name remains."""
+    attempt = {"displayName": "publish-run-completion(0)", "templateName": "", "phase": "Error"}
+    failures = json.dumps(json.dumps([*ARGO_FAILURES, attempt]))
+    text = run_text(status="Failed", failures=failures)
+    assert len(read_run(text).failures) == 2
+    wired = RunText(**{**text.__dict__, "exit_templates": ("publish", "publish-run-completion")})
+    assert [failure.display_name for failure in read_run(wired).failures] == ["Trainer"]

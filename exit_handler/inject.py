@@ -1,0 +1,271 @@
+"""`exit-handler inject`: opt a compiled pipeline into the run-completion exit handler (§8).
+
+Reads an Argo Workflow compiled by the KFP v1 SDK or TFX `KubeflowDagRunner` and points
+`spec.onExit` at a small steps template whose step calls our WorkflowTemplate by
+`templateRef`. An existing `onExit` (from `dsl.ExitHandler`) keeps running beside ours.
+Injecting an injected workflow again gives the same workflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from exit_handler.artifact_definitions import DefinitionError, parse_definition
+from exit_handler.errors import BadInput
+from exit_handler.pipeline_root import PipelineRoot
+
+WRAPPER = "run-completion-exit-handler"
+OUR_STEP = "publish-run-completion"
+USER_STEP = "pipeline-exit-handler"
+ROOT_PARAMETERS = ("pipeline-root", "pipeline_root")
+MAX_INPUT = 16 * 1024 * 1024
+_ARGO_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+_PARAMETER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+@dataclass(frozen=True)
+class InjectOptions:
+    """How to wire the exit handler in; every field has the WorkflowTemplate's default."""
+
+    workflow_template: str = "kfp-exit-handler"
+    template: str = "publish"
+    cluster_scope: bool = False
+    provider: str | None = None
+    pipeline_root: str | None = None
+    artifacts: tuple[tuple[str, str], ...] = ()
+    output_parameters: tuple[str, ...] = ()
+    continue_on_failure: bool = False
+
+
+def parse_artifact(text: str, number: int) -> tuple[str, str]:
+    """`NAME=PATH`, validated now so that a typo fails at compile time, not after a run."""
+    name, equals, path = text.partition("=")
+    if not equals:
+        raise BadInput(f"bad input: --artifact {number}: {text[:60]!r} is not NAME=PATH")
+    try:
+        parse_definition(name, path, number=number)
+    except DefinitionError as err:
+        raise BadInput(f"bad input: --artifact: {err}") from None
+    return name, path
+
+
+def inject(workflow: dict[str, Any], options: InjectOptions) -> dict[str, Any]:
+    """Return `workflow` with our exit handler wired in (the input is modified in place)."""
+    _check_workflow(workflow)
+    spec = workflow["spec"]
+    templates: list[dict[str, Any]] = spec["templates"]
+    names = {template.get("name") for template in templates if isinstance(template, dict)}
+    previous = spec.get("onExit")
+    if previous == WRAPPER:  # injected before: keep the pipeline's own exit step, if any
+        wrapper = next(t for t in templates if t.get("name") == WRAPPER)
+        previous = _user_exit_template(wrapper)
+        templates.remove(wrapper)
+    elif previous is not None and previous not in names:
+        raise BadInput(f"bad input: spec.onExit names template {previous!r}, which is not defined")
+    if WRAPPER in {template.get("name") for template in templates}:
+        raise BadInput(f"bad input: the workflow already has a template named {WRAPPER!r}")
+    parameters = _workflow_parameters(spec)
+    steps = [_our_step(workflow, parameters, options)]
+    if previous is not None:
+        moved = next(t for t in templates if t.get("name") == previous)
+        steps.append(_user_step(previous, moved, parameters))
+    templates.append({"name": WRAPPER, "steps": [steps]})
+    spec["onExit"] = WRAPPER
+    return workflow
+
+
+def _check_workflow(workflow: object) -> None:
+    if not isinstance(workflow, dict):
+        raise BadInput("bad input: not an Argo Workflow: the YAML is not a mapping")
+    api, kind = workflow.get("apiVersion"), workflow.get("kind")
+    if api != "argoproj.io/v1alpha1" or kind != "Workflow":
+        raise BadInput(
+            f"bad input: not an Argo Workflow (apiVersion {api!r}, kind {kind!r}); compile the "
+            "pipeline to an Argo Workflow first"
+        )
+    spec = workflow.get("spec")
+    if not isinstance(spec, dict):
+        raise BadInput("bad input: the Workflow has no spec mapping")
+    templates = spec.get("templates")
+    if not isinstance(templates, list) or not templates:
+        raise BadInput("bad input: the Workflow's spec.templates is not a non-empty list")
+    if not all(isinstance(t, dict) and isinstance(t.get("name"), str) for t in templates):
+        raise BadInput("bad input: every entry of spec.templates needs a name")
+    if not isinstance(spec.get("entrypoint"), str):
+        raise BadInput("bad input: the Workflow has no spec.entrypoint")
+
+
+def _workflow_parameters(spec: dict[str, Any]) -> list[str]:
+    arguments = spec.get("arguments") or {}
+    parameters = arguments.get("parameters") or [] if isinstance(arguments, dict) else []
+    if not isinstance(parameters, list):
+        raise BadInput("bad input: spec.arguments.parameters is not a list")
+    return [p["name"] for p in parameters if isinstance(p, dict) and isinstance(p.get("name"), str)]
+
+
+def pipeline_name(workflow: dict[str, Any]) -> str:
+    """The compiled pipeline's name: the KFP annotation's, else the entrypoint."""
+    annotations = (workflow.get("metadata") or {}).get("annotations") or {}
+    spec_text = annotations.get("pipelines.kubeflow.org/pipeline_spec")
+    if isinstance(spec_text, str):
+        try:
+            name = json.loads(spec_text).get("name")
+        except (json.JSONDecodeError, AttributeError):
+            name = None
+        if isinstance(name, str) and name:
+            return name
+    entrypoint: str = workflow["spec"]["entrypoint"]
+    return entrypoint
+
+
+def _our_step(
+    workflow: dict[str, Any], parameters: list[str], options: InjectOptions
+) -> dict[str, Any]:
+    root = next(
+        (f"{{{{workflow.parameters.{p}}}}}" for p in ROOT_PARAMETERS if p in parameters),
+        options.pipeline_root,
+    )
+    values = {
+        "status": "{{workflow.status}}",
+        "workflow-name": "{{workflow.name}}",
+        "workflow-uid": "{{workflow.uid}}",
+        "namespace": "{{workflow.namespace}}",
+        "created-at": "{{workflow.creationTimestamp}}",
+        "failures": "{{workflow.failures}}",
+        # KFP rewrites this text to its run id when it submits the run.
+        "run-id": "{{workflow.uid}}",
+        "pipeline-name": pipeline_name(workflow),
+        "pipeline-root": root,
+        "exit-templates": f"{options.template},{WRAPPER},{OUR_STEP}",
+        "provider": options.provider,
+        "artifacts": json.dumps([{"name": n, "path": p} for n, p in options.artifacts])
+        if options.artifacts
+        else None,
+        "output-parameters": ",".join(
+            f"{name}={{{{workflow.outputs.parameters.{name}}}}}"
+            for name in options.output_parameters
+        )
+        or None,
+    }
+    step: dict[str, Any] = {
+        "name": OUR_STEP,
+        "templateRef": {
+            "name": options.workflow_template,
+            "template": options.template,
+            "clusterScope": options.cluster_scope,
+        },
+        "arguments": {
+            "parameters": [
+                {"name": name, "value": value} for name, value in values.items() if value
+            ]
+        },
+    }
+    if options.continue_on_failure:
+        step["continueOn"] = {"failed": True, "error": True}
+    return step
+
+
+def _user_step(name: str, template: dict[str, Any], parameters: list[str]) -> dict[str, Any]:
+    """The pipeline's own exit template as a step; Argo gave it the workflow's arguments."""
+    inputs = ((template.get("inputs") or {}).get("parameters")) or []
+    arguments = []
+    for parameter in inputs:
+        input_name = parameter.get("name") if isinstance(parameter, dict) else None
+        if not isinstance(input_name, str):
+            raise BadInput(f"bad input: template {name!r} has an input parameter without a name")
+        if input_name in parameters:
+            arguments.append(
+                {"name": input_name, "value": f"{{{{workflow.parameters.{input_name}}}}}"}
+            )
+        elif "value" not in parameter and "default" not in parameter:
+            raise BadInput(
+                f"bad input: the existing onExit template {name!r} takes input {input_name!r}, "
+                "which is no workflow parameter: it cannot be run beside the exit handler"
+            )
+    step: dict[str, Any] = {"name": USER_STEP, "template": name}
+    if arguments:
+        step["arguments"] = {"parameters": arguments}
+    return step
+
+
+def _user_exit_template(wrapper: dict[str, Any]) -> str | None:
+    for group in wrapper.get("steps") or []:
+        for step in group:
+            if step.get("name") == USER_STEP:
+                template: str = step["template"]
+                return template
+    return None
+
+
+def read_workflow(source: str, stdin: TextIO) -> dict[str, Any]:
+    """Load the compiled workflow from a file or `-` (stdin), with the safe loader only."""
+    import yaml
+
+    try:
+        text = stdin.read(MAX_INPUT + 1) if source == "-" else _read(source)
+    except OSError as err:
+        raise BadInput(f"bad input: cannot read {source}: {err.strerror or err}") from None
+    if len(text) > MAX_INPUT:
+        raise BadInput(f"bad input: {source} is larger than {MAX_INPUT} bytes")
+    try:
+        loaded = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506  # a safe loader
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or "malformed"
+        raise BadInput(f"bad input: {source} is not valid YAML: {problem}{where}") from None
+    _check_workflow(loaded)
+    workflow: dict[str, Any] = loaded
+    return workflow
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8", errors="strict") as file:
+        try:
+            return file.read(MAX_INPUT + 1)
+        except UnicodeDecodeError:
+            raise BadInput(f"bad input: {path} is not UTF-8 text") from None
+
+
+def write_workflow(workflow: dict[str, Any], target: str | None, stdout: TextIO) -> None:
+    """Write YAML to `target` atomically (nothing is written on failure), or to stdout."""
+    import yaml
+
+    text = yaml.safe_dump(workflow, sort_keys=False, width=120, allow_unicode=True)
+    if target is None or target == "-":
+        stdout.write(text)
+        return
+    directory = Path(target).resolve().parent
+    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".inject-", suffix=".yaml")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def check_names(options: InjectOptions, output_parameters: Sequence[str]) -> None:
+    """Names that end up in Argo fields must be valid there."""
+    for option, value in (
+        ("--workflow-template", options.workflow_template),
+        ("--template", options.template),
+    ):
+        if not _ARGO_NAME.fullmatch(value):
+            raise BadInput(f"bad input: {option}: {value[:60]!r} is not a valid Argo name")
+    for name in output_parameters:
+        if not _PARAMETER.fullmatch(name):
+            raise BadInput(f"bad input: --output-parameter: {name[:60]!r} is not a parameter name")
+    if options.pipeline_root:
+        try:
+            PipelineRoot.parse(options.pipeline_root)
+        except ValueError as err:
+            raise BadInput(f"bad input: --pipeline-root: {err}") from None

@@ -1,0 +1,193 @@
+"""`exit-handler inject` on workflows compiled by the KFP v1 SDK and a TFX-shaped one."""
+
+from __future__ import annotations
+
+import copy
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from argo_models import validate
+from conftest import Result
+
+from exit_handler.cli import main
+from exit_handler.inject import OUR_STEP, USER_STEP, WRAPPER, InjectOptions, inject
+
+FIXTURES = Path(__file__).parent / "fixtures" / "workflows"
+COMPILED = ["kfp_simple.yaml", "kfp_exit_handler.yaml", "kfp_no_root.yaml", "tfx_penguin.yaml"]
+
+
+def load(name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((FIXTURES / name).read_text())
+    return loaded
+
+
+def run_inject(*args: str, stdin: str = "") -> Result:
+    stdout, stderr = io.StringIO(), io.StringIO()
+    status = main(
+        ["inject", *args], environ={}, stdout=stdout, stderr=stderr, stdin=io.StringIO(stdin)
+    )
+    return Result(int(status), stdout.getvalue(), stderr.getvalue())
+
+
+def wrapper(workflow: dict[str, Any]) -> dict[str, Any]:
+    assert workflow["spec"]["onExit"] == WRAPPER
+    found: dict[str, Any] = next(t for t in workflow["spec"]["templates"] if t["name"] == WRAPPER)
+    return found
+
+
+def our_arguments(workflow: dict[str, Any]) -> dict[str, str]:
+    step = next(s for s in wrapper(workflow)["steps"][0] if s["name"] == OUR_STEP)
+    return {p["name"]: p["value"] for p in step["arguments"]["parameters"]}
+
+
+@pytest.mark.parametrize("name", COMPILED)
+def test_injected_workflows_validate_against_the_argo_model(name: str) -> None:
+    original = load(name)
+    validate(original)  # the fixture itself is a valid Workflow
+    injected = inject(copy.deepcopy(original), InjectOptions(artifacts=(("m", "Trainer:model"),)))
+    validate(injected)
+    arguments = our_arguments(injected)
+    assert arguments["status"] == "{{workflow.status}}"
+    assert arguments["failures"] == "{{workflow.failures}}"
+    assert arguments["created-at"] == "{{workflow.creationTimestamp}}"
+    assert all(
+        value.startswith("{{workflow.") or "{{" not in value for value in arguments.values()
+    ), "only {{workflow.*}} variables, which always resolve in an exit handler"
+    # Nothing else of the pipeline changed.
+    original_templates = original["spec"]["templates"]
+    assert injected["spec"]["templates"][: len(original_templates)] == original_templates
+
+
+@pytest.mark.parametrize(
+    ("name", "pipeline", "root"),
+    [
+        ("kfp_simple.yaml", "penguin-pipeline", "{{workflow.parameters.pipeline_root}}"),
+        ("tfx_penguin.yaml", "penguin-pipeline", "{{workflow.parameters.pipeline-root}}"),
+        ("kfp_no_root.yaml", "hello-pipeline", None),
+    ],
+)
+def test_pipeline_name_from_the_annotation_and_the_root_parameter(
+    name: str, pipeline: str, root: str | None
+) -> None:
+    arguments = our_arguments(inject(load(name), InjectOptions()))
+    assert arguments["pipeline-name"] == pipeline
+    assert arguments.get("pipeline-root") == root
+
+
+def test_without_annotation_the_entrypoint_names_the_pipeline() -> None:
+    workflow = load("kfp_simple.yaml")
+    del workflow["metadata"]["annotations"]["pipelines.kubeflow.org/pipeline_spec"]
+    assert (
+        our_arguments(inject(workflow, InjectOptions()))["pipeline-name"]
+        == (workflow["spec"]["entrypoint"])
+    )
+
+
+def test_missing_root_parameter_takes_the_option(tmp_path: Path) -> None:
+    out = tmp_path / "out.yaml"
+    result = run_inject(
+        str(FIXTURES / "kfp_no_root.yaml"), "-o", str(out), "--pipeline-root=gs://bucket/p"
+    )
+    assert result.status == 0, result.stderr
+    assert our_arguments(yaml.safe_load(out.read_text()))["pipeline-root"] == "gs://bucket/p"
+
+
+def test_existing_on_exit_keeps_running_beside_ours() -> None:
+    workflow = load("kfp_exit_handler.yaml")
+    assert workflow["spec"]["onExit"] == "notify"
+    injected = inject(workflow, InjectOptions())
+    validate(injected)
+    steps = wrapper(injected)["steps"]
+    assert len(steps) == 1, "one step group: both run side by side"
+    user = next(step for step in steps[0] if step["name"] == USER_STEP)
+    assert user["template"] == "notify"
+    # Argo handed onExit the workflow's arguments; as a step they are passed explicitly.
+    assert user["arguments"]["parameters"] == [
+        {"name": "pipeline_root", "value": "{{workflow.parameters.pipeline_root}}"}
+    ]
+
+
+@pytest.mark.parametrize("name", COMPILED)
+def test_injecting_twice_changes_nothing(name: str, tmp_path: Path) -> None:
+    once, twice = tmp_path / "once.yaml", tmp_path / "twice.yaml"
+    options = ["--artifact=serving-model=Pusher:pushed_model:0[pushed == 1]", "--provider=tfx"]
+    assert run_inject(str(FIXTURES / name), "-o", str(once), *options).status == 0
+    assert run_inject(str(once), "-o", str(twice), *options).status == 0
+    assert once.read_text() == twice.read_text()
+
+
+def test_options_reach_the_step() -> None:
+    result = run_inject(
+        "-",
+        "--artifact=serving-model=Pusher:pushed_model:0[pushed == 1]",
+        "--artifact=model=Trainer:model",
+        "--output-parameter=accuracy",
+        "--provider=tfx",
+        "--workflow-template=exit-handler-v2",
+        "--template=publish",
+        "--cluster-scope",
+        "--continue-on-failure",
+        stdin=(FIXTURES / "tfx_penguin.yaml").read_text(),
+    )
+    assert result.status == 0, result.stderr
+    injected = yaml.safe_load(result.stdout)
+    validate(injected)
+    step = wrapper(injected)["steps"][0][0]
+    assert step["templateRef"] == {
+        "name": "exit-handler-v2",
+        "template": "publish",
+        "clusterScope": True,
+    }
+    assert step["continueOn"] == {"failed": True, "error": True}
+    arguments = our_arguments(injected)
+    assert arguments["provider"] == "tfx"
+    assert arguments["output-parameters"] == "accuracy={{workflow.outputs.parameters.accuracy}}"
+    assert yaml.safe_load(arguments["artifacts"]) == [
+        {"name": "serving-model", "path": "Pusher:pushed_model:0[pushed == 1]"},
+        {"name": "model", "path": "Trainer:model"},
+    ]
+    assert arguments["exit-templates"] == f"publish,{WRAPPER},{OUR_STEP}"
+
+
+SIMPLE = (FIXTURES / "kfp_simple.yaml").read_text()
+MALFORMED: list[tuple[str, list[str], str]] = [
+    ("not YAML", ["-"], "is not valid YAML"),
+    ("a list", ["-"], "not a mapping"),
+    ("a WorkflowTemplate", ["-"], "not an Argo Workflow"),
+    ("a Deployment", ["-"], "not an Argo Workflow"),
+    ("no spec", ["-"], "no spec mapping"),
+    ("templates not a list", ["-"], "spec.templates is not a non-empty list"),
+    ("onExit names nothing", ["-"], "spec.onExit names template 'ghost'"),
+    ("bad artifact", ["-", "--artifact=m=Pusher:pushed_model[pushed ==]"], "column 30"),
+    ("artifact without =", ["-", "--artifact=Pusher:pushed_model"], "is not NAME=PATH"),
+    ("bad template name", ["-", "--workflow-template=Bad_Name"], "not a valid Argo name"),
+    ("bad root", ["-", "--pipeline-root=s3://b"], "--pipeline-root: "),
+    ("missing file", ["/nonexistent/pipeline.yaml"], "cannot read /nonexistent/pipeline.yaml"),
+]
+TEXTS = {
+    "not YAML": "spec: [unclosed",
+    "a list": "- 1\n- 2\n",
+    "a WorkflowTemplate": SIMPLE.replace("kind: Workflow", "kind: WorkflowTemplate", 1),
+    "a Deployment": "apiVersion: apps/v1\nkind: Deployment\nspec: {}\n",
+    "no spec": "apiVersion: argoproj.io/v1alpha1\nkind: Workflow\n",
+    "templates not a list": (
+        "apiVersion: argoproj.io/v1alpha1\nkind: Workflow\nspec: {entrypoint: a, templates: {}}\n"
+    ),
+    "onExit names nothing": SIMPLE + "  onExit: ghost\n",
+}
+
+
+@pytest.mark.parametrize(("what", "args", "fault"), MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_input_exits_2_and_writes_nothing(
+    tmp_path: Path, what: str, args: list[str], fault: str
+) -> None:
+    out = tmp_path / "out.yaml"
+    result = run_inject(*args, "-o", str(out), stdin=TEXTS.get(what, SIMPLE))
+    assert result.status == 2, result.stderr
+    assert fault in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == [], "no temporary file left behind"
