@@ -24,6 +24,7 @@ from exit_handler.wire import CONTENT_MODES
 ENV_PREFIX = "EXIT_HANDLER_"
 DEFAULT_NATS_URL = "nats://eventbus-kfp-operator-events-stan-svc.kfp-operator.svc:4222"
 MAX_FILE = 8 * 1024 * 1024
+MAX_SECRET = 64 * 1024
 _SUBJECT = re.compile(r"[^\s.*>]+(\.[^\s.*>]+)*")
 T = TypeVar("T")
 
@@ -225,11 +226,12 @@ def _one_of(get: Callable[[str], Any], text: str, file: str) -> tuple[str, str] 
     return given[0] if given else None
 
 
-def _text(path: str) -> str:
-    """A small UTF-8 file's text (inputs and definitions, never secrets: see `_secret`)."""
-    data = Path(path).read_bytes()[: MAX_FILE + 1]
-    if len(data) > MAX_FILE:
-        raise ValueError(f"{path} is larger than {MAX_FILE} bytes")
+def _text(path: str, limit: int = MAX_FILE) -> str:
+    """A bounded UTF-8 file: never more than `limit` bytes are read (think /dev/zero)."""
+    with open(path, "rb") as file:
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{path} is larger than {limit} bytes")
     try:
         return data.decode()
     except UnicodeDecodeError:
@@ -271,12 +273,14 @@ def _word(text: str) -> str:
 
 
 def _subject(text: str) -> str:
-    if len(text) > 255 or not _SUBJECT.fullmatch(text):
+    if len(text) > 255 or not _SUBJECT.fullmatch(text) or not text.isprintable():
         raise ValueError(f"{text[:40]!r} is not a NATS subject to publish to (no wildcards)")
     return text
 
 
 def _servers(text: str) -> tuple[str, ...]:
+    if not text.isprintable():
+        raise ValueError("contains control characters or invalid UTF-8")
     servers = _list(text)
     for server in servers:
         scheme, sep, rest = server.partition("://")
@@ -302,9 +306,11 @@ def _file(path: str | None) -> str | None:
 def _secret(path: str, what: str) -> str:
     """A secret from a file, stripped of the newline a Secret mount may add; never echoed."""
     try:
-        value = Path(path).read_text().strip()
-    except (OSError, UnicodeDecodeError) as err:
+        value = _text(path, MAX_SECRET).strip()
+    except OSError as err:
         raise ValueError(f"cannot read the {what} file {path} ({type(err).__name__})") from None
+    except ValueError:
+        raise ValueError(f"the {what} file {path} is not a UTF-8 text of at most 64 KiB") from None
     if not value:
         raise ValueError(f"the {what} file {path} is empty")
     return value
@@ -323,6 +329,8 @@ def _auth(values: Mapping[str, Any], environ: Mapping[str, str]) -> NatsAuth:
         else environ.get(ENV_PREFIX + "NATS_PASSWORD")
     )
     user = get("nats_user") or None
+    if user and not user.isprintable():
+        raise ValueError("--nats-user contains control characters or invalid UTF-8")
     if secret_file:
         if token or user or password:
             raise ValueError("--nats-auth-secret-file replaces the token and user/password options")

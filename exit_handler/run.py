@@ -18,6 +18,7 @@ MAX_FAILURES_IN_EVENT = 20
 MAX_FAILURE_MESSAGE = 1000
 MAX_FAILURES_TEXT = 8 * 1024 * 1024
 MAX_NAME = 253
+MAX_PARAMETER_VALUE = 64 * 1024
 # Argo parameter names: what `{{workflow.outputs.parameters.NAME}}` can name.
 _PARAMETER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _RETRY_SUFFIX = re.compile(r"\(\d+\)$")
@@ -167,7 +168,7 @@ def _name(option: str, value: str | None, problems: list[str], *, required: bool
     elif len(value) > MAX_NAME:
         problems.append(f"{option}: longer than {MAX_NAME} characters")
     elif not value.isprintable():
-        problems.append(f"{option}: contains control characters")
+        problems.append(f"{option}: contains control characters or invalid UTF-8")
     return value
 
 
@@ -215,6 +216,8 @@ def _failure(number: int, entry: object) -> Failure:
             value = ""
         if not isinstance(value, str):
             raise ValueError(f"entry {number}: {key} is not a string")
+        if not is_unicode(value):
+            raise ValueError(f"entry {number}: {key} is not valid Unicode")
         values.append(value)
     return Failure(*values)
 
@@ -229,12 +232,25 @@ def _output_parameters(items: tuple[str, ...], problems: list[str]) -> dict[str,
             problems.append(f"--output-parameter: {name} given twice")
         elif "{{" in value:
             problems.append(f"--output-parameter: {name} is an unresolved Argo variable")
+        elif len(value) > MAX_PARAMETER_VALUE:
+            problems.append(f"--output-parameter: {name} is longer than {MAX_PARAMETER_VALUE}")
+        elif not is_unicode(value):
+            problems.append(f"--output-parameter: {name} is not valid UTF-8")
         else:
             parameters[name] = value
     return parameters
 
 
+def is_unicode(value: str) -> bool:
+    """False for the lone surrogates that invalid UTF-8 in argv or `\\ud800` in JSON give."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _show(value: str, limit: int = 60) -> str:
     """Quote a bad value for an error line: short, one line, escapes visible."""
     shown = value if len(value) <= limit else value[:limit] + "…"
-    return json.dumps(shown, ensure_ascii=False)
+    return json.dumps(shown)  # ASCII escapes: control characters and surrogates stay visible
