@@ -245,4 +245,5 @@ def test_yaml_is_only_loaded_with_the_safe_loader() -> None:
         text = path.read_text()
         assert "yaml.load(" not in text or "SafeLoader" in text, path
         assert "yaml.unsafe_load" not in text, path
-        assert "yaml.Loader" not in text and "FullLoader" not in text, path
+        assert "yaml.Loader" not in text, path
+        assert "FullLoader" not in text, path
