@@ -26,5 +26,8 @@ test: lint
 test-all: lint
 	$(PY) -m pytest
 
+bench: $(VENV)/.installed
+	$(PY) benchmarks/bench.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -147,10 +147,18 @@ def read_options(values: Mapping[str, Any], environ: Mapping[str, str]) -> Optio
             return fallback
 
     get = values.get
-    failures = check("--failures", lambda: _one_of(get, "failures", "failures_file"), None)
-    if failures and failures[0] == "--failures-file":
-        path = failures[1]
-        failures = ("--failures", check("--failures-file", lambda: _text(path), ""))
+
+    def text_of(key: str) -> tuple[str, str] | None:
+        """(where it came from, the text) of `--KEY` or `--KEY-file`, whichever was given."""
+        given = check(f"--{key}", lambda: _one_of(get, key, f"{key}_file"), None)
+        if given is None:
+            return None
+        option, value = given
+        if option.endswith("-file"):
+            return f"{option} {value}", check(option, lambda: _text(value), "")
+        return given
+
+    failures = text_of("failures")
     root = check("--pipeline-root", lambda: _root(get("pipeline_root")), None)
     if root is not None and not get("created_at"):
         problems.append("--created-at: required when --pipeline-root is listed")
@@ -175,13 +183,10 @@ def read_options(values: Mapping[str, Any], environ: Mapping[str, str]) -> Optio
     except InvalidFields as err:
         problems.extend(err.problems)
     definitions: list[ArtifactDefinition] = []
-    given = check("--artifacts", lambda: _one_of(get, "artifacts", "artifacts_file"), None)
-    if given:
-        option, value = given
-        source = option if option == "--artifacts" else f"--artifacts-file {value}"
-        text = value if option == "--artifacts" else check(option, lambda: _text(value), "")
+    artifacts = text_of("artifacts")
+    if artifacts is not None:
         try:
-            definitions = load_definitions(text or "", source=source)
+            definitions = load_definitions(artifacts[1], source=artifacts[0])
         except DefinitionError as err:
             problems.append(str(err))
     options = Options(
@@ -219,7 +224,7 @@ def read_options(values: Mapping[str, Any], environ: Mapping[str, str]) -> Optio
 
 
 def _one_of(get: Callable[[str], Any], text: str, file: str) -> tuple[str, str] | None:
-    """(option, value) of whichever of `--X` and `--X-file` was given."""
+    """(option, value) of whichever of `--X` and `--X-file` was given; both is an error."""
     given = [(f"--{key.replace('_', '-')}", get(key)) for key in (text, file) if get(key)]
     if len(given) > 1:
         raise ValueError(f"give --{text.replace('_', '-')} or {given[1][0]}, not both")
