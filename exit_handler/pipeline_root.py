@@ -9,6 +9,7 @@ the cost follows this run's pushes, not the pipeline's history.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -170,6 +171,9 @@ class RootLister:
             # Imported here: ~0.35 s that a run without a pipeline root must not pay.
             from google.cloud import storage
 
+            # google-cloud-storage 3.x fetches each bucket's metadata in a background thread
+            # to label trace spans: a request (and storage.buckets.get) the answer never needs.
+            os.environ.setdefault("DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA", "true")
             self._client = storage.Client(project="<none>")
         return self._client
 
