@@ -15,8 +15,8 @@ demo: $(VENV)/.installed
 	$(PY) demo/run_demo.py
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check exit_handler tests demo
-	$(VENV)/bin/ruff format --check exit_handler tests demo
+	$(VENV)/bin/ruff check exit_handler tests demo benchmarks
+	$(VENV)/bin/ruff format --check exit_handler tests demo benchmarks
 	$(VENV)/bin/mypy
 
 test: lint

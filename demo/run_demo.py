@@ -153,7 +153,7 @@ def main() -> int:
             verdict = "match" if actual == wanted else "NO MATCH"
             say(f"  {path} == {wanted!r}: {actual!r} -> {verdict}")
         say(f"  sensor fires: {'yes' if matched else 'no'}; the model server loads")
-        for artifact in lookup(event, "body.servingModelArtifacts") or []:  # type: ignore[union-attr]
+        for artifact in event["body"]["servingModelArtifacts"]:
             say(f"    {artifact['location']}")
         say("\n== 6. With a JetStream stream: a retried exit-handler pod re-sends the same id")
         create_stream(nats_server.url, "EVENTS", "events")

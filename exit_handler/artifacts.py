@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from exit_handler.artifact_definitions import ArtifactDefinition
-from exit_handler.artifact_filter import FilterEvaluationError, evaluate
 from exit_handler.event import Artifact
 from exit_handler.pipeline_root import Execution, RootLister, pushed_versions
 from exit_handler.run import Run
+
+if TYPE_CHECKING:
+    from exit_handler.artifact_definitions import ArtifactDefinition
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,8 @@ def properties(execution: Execution) -> dict[str, object]:
 def _matches(definition: ArtifactDefinition, execution: Execution) -> bool:
     if definition.filter is None:
         return True
+    from exit_handler.artifact_filter import FilterEvaluationError, evaluate
+
     try:
         matched = evaluate(definition.filter, properties(execution))
     except FilterEvaluationError as err:  # e.g. a property only ML Metadata knows

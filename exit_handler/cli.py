@@ -161,5 +161,13 @@ def _log_format(value: str | None) -> str:
 
 
 def run() -> None:
-    """The console script's entry point."""
-    sys.exit(main())
+    """The console script's entry point.
+
+    Exits without the interpreter's teardown of ~500 imported modules (40-60 ms with
+    nothing to do: the connection is closed, no thread is left) once output is flushed.
+    """
+    status = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

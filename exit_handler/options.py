@@ -12,14 +12,16 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-from exit_handler.artifact_definitions import ArtifactDefinition, DefinitionError, load_definitions
 from exit_handler.delivery import DELIVERIES, NatsAuth, NatsSettings
 from exit_handler.errors import BadInput, InvalidFields
 from exit_handler.pipeline_root import PipelineRoot, check_segment
 from exit_handler.run import Run, RunText, read_run
 from exit_handler.wire import CONTENT_MODES
+
+if TYPE_CHECKING:
+    from exit_handler.artifact_definitions import ArtifactDefinition
 
 ENV_PREFIX = "EXIT_HANDLER_"
 DEFAULT_NATS_URL = "nats://eventbus-kfp-operator-events-stan-svc.kfp-operator.svc:4222"
@@ -185,6 +187,9 @@ def read_options(values: Mapping[str, Any], environ: Mapping[str, str]) -> Optio
     definitions: list[ArtifactDefinition] = []
     artifacts = text_of("artifacts")
     if artifacts is not None:
+        # Imported here: the filter language is only needed when definitions are given.
+        from exit_handler.artifact_definitions import DefinitionError, load_definitions
+
         try:
             definitions = load_definitions(artifacts[1], source=artifacts[0])
         except DefinitionError as err:
