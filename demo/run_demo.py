@@ -7,7 +7,6 @@ and shows what an Argo Events NATS EventSource (`jsonBody: true`) hands a Sensor
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import os
@@ -20,9 +19,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import nats
-
-from exit_handler.testing import FakeGcsServer, NatsServer, Received, Subscriber
+from exit_handler.testing import (
+    FakeGcsServer,
+    NatsServer,
+    Received,
+    Subscriber,
+    add_stream,
+    stream_messages,
+)
 
 BUCKET = "ml-pipelines"
 ROOT = f"gs://{BUCKET}/penguin-pipeline"
@@ -87,25 +91,6 @@ def exit_handler(args: list[str], env: dict[str, str], *, show: bool = True) -> 
     return done.returncode
 
 
-def stream_messages(url: str, stream: str) -> int:
-    async def count() -> int:
-        nc = await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=1)
-        info = await nc.jetstream().stream_info(stream)
-        await nc.close()
-        return int(info.state.messages)
-
-    return asyncio.run(count())
-
-
-def create_stream(url: str, name: str, subject: str) -> None:
-    async def create() -> None:
-        nc = await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=1)
-        await nc.jetstream().add_stream(name=name, subjects=[subject])
-        await nc.close()
-
-    asyncio.run(create())
-
-
 def main() -> int:
     say("== 1. Local servers")
     with (
@@ -156,10 +141,10 @@ def main() -> int:
         for artifact in event["body"]["servingModelArtifacts"]:
             say(f"    {artifact['location']}")
         say("\n== 6. With a JetStream stream: a retried exit-handler pod re-sends the same id")
-        create_stream(nats_server.url, "EVENTS", "events")
+        add_stream(nats_server.url, "EVENTS", "events")
         for _ in range(2):
             exit_handler(args, env, show=False)
-        stored = stream_messages(nats_server.url, "EVENTS")
+        stored = len(stream_messages(nats_server.url, "EVENTS"))
         say(f"  messages stored in stream EVENTS after two runs: {stored} (de-duplicated on ce-id)")
         say("\n== 7. Servers stopped. Nothing else was left running.")
         return 0 if matched and stored == 1 else 1

@@ -512,3 +512,41 @@ class Subscriber:
         self._ready.set()
         await self._stop.wait()
         await nc.drain()
+
+
+def add_stream(url: str, name: str, subject: str) -> None:
+    """Create a JetStream stream on `subject`, as a platform would for durable events."""
+
+    async def create() -> None:
+        import nats
+
+        nc = await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=1)
+        try:
+            await nc.jetstream().add_stream(name=name, subjects=[subject])
+        finally:
+            await nc.close()
+
+    asyncio.run(create())
+
+
+def stream_messages(url: str, name: str) -> list[Received]:
+    """Every message a stream holds, oldest first: what a durable consumer would read."""
+
+    async def read() -> list[Received]:
+        import nats
+
+        nc = await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=1)
+        try:
+            js = nc.jetstream()
+            info = await js.stream_info(name)
+            messages = []
+            for seq in range(info.state.first_seq, info.state.last_seq + 1):
+                raw = await js.get_msg(name, seq)
+                messages.append(
+                    Received(raw.subject or "", dict(raw.headers or {}), raw.data or b"")
+                )
+            return messages
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())

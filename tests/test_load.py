@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import nats
 import pytest
 
-from exit_handler.testing import NatsServer, Subscriber
+from exit_handler.testing import NatsServer, Subscriber, add_stream, stream_messages
 
 HANDLERS = 200
 CONCURRENCY = 32
@@ -58,28 +56,12 @@ def test_two_hundred_handlers_core_none_lost(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_two_hundred_handlers_each_rerun_jetstream_stores_each_once(tmp_path: Path) -> None:
-    async def add_stream(url: str) -> None:
-        nc = await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=1)
-        await nc.jetstream().add_stream(name="EVENTS", subjects=["events"])
-        await nc.close()
-
-    async def stored(url: str) -> tuple[int, set[str]]:
-        nc = await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=1)
-        js = nc.jetstream()
-        info = await js.stream_info("EVENTS")
-        ids = set()
-        for seq in range(info.state.first_seq, info.state.last_seq + 1):
-            message = await js.get_msg("EVENTS", seq)
-            ids.add((message.headers or {})["Nats-Msg-Id"])
-        await nc.close()
-        return int(info.state.messages), ids
-
     with NatsServer(store_dir=tmp_path / "js") as server:
-        asyncio.run(add_stream(server.url))
+        add_stream(server.url, "EVENTS", "events")
         # Each handler twice, the re-runs interleaved with the first runs.
         numbers = [n for n in range(HANDLERS) for _ in range(2)]
         statuses = run_all(server.url, "events", numbers)
-        count, ids = asyncio.run(stored(server.url))
+        stored = stream_messages(server.url, "EVENTS")
     assert statuses == [0] * len(numbers)
-    assert count == HANDLERS
-    assert len(ids) == HANDLERS
+    assert len(stored) == HANDLERS
+    assert len({message.headers["Nats-Msg-Id"] for message in stored}) == HANDLERS

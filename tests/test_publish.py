@@ -2,44 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import datetime
 from urllib.parse import unquote
 
-import nats
 import pytest
 from cloudevents.core.formats.json import JSONFormat
 from conftest import base_args, run_handler
 
 from exit_handler.event import EVENT_TYPE
-from exit_handler.testing import NatsServer, Subscriber
+from exit_handler.testing import NatsServer, Subscriber, add_stream, stream_messages
 
 SEED_DATA_KEYS = ["provider", "status", "pipelineName", "servingModelArtifacts", "artifacts"]
-
-
-def add_stream(url: str, name: str, subject: str) -> None:
-    async def create() -> None:
-        nc = await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=1)
-        await nc.jetstream().add_stream(name=name, subjects=[subject])
-        await nc.close()
-
-    asyncio.run(create())
-
-
-def stream_contents(url: str, name: str) -> list[tuple[dict[str, str], bytes]]:
-    async def read() -> list[tuple[dict[str, str], bytes]]:
-        nc = await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=1)
-        js = nc.jetstream()
-        info = await js.stream_info(name)
-        messages = []
-        for seq in range(info.state.first_seq, info.state.last_seq + 1):
-            raw = await js.get_msg(name, seq)
-            messages.append((dict(raw.headers or {}), raw.data or b""))
-        await nc.close()
-        return messages
-
-    return asyncio.run(read())
 
 
 @pytest.mark.parametrize("delivery", ["auto", "core"])
@@ -131,9 +105,9 @@ def test_jetstream_rerun_stores_the_event_once(
     assert second.status == 0, second.stderr
     assert f"jetstream delivery, stream {stream} seq 1" in first.stderr
     assert "duplicate: already stored" in second.stderr
-    stored = stream_contents(nats_server.url, stream)
+    stored = stream_messages(nats_server.url, stream)
     assert len(stored) == 1
-    headers, _ = stored[0]
+    headers = stored[0].headers
     assert headers["Nats-Msg-Id"] == live[0].headers["Nats-Msg-Id"]
     # Core subscribers see each publish: they de-duplicate on the id, as the SPEC says.
     assert {message.headers["Nats-Msg-Id"] for message in live} == {headers["Nats-Msg-Id"]}

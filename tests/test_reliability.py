@@ -2,45 +2,30 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import nats
 import pytest
 from conftest import Result, base_args, run_handler, run_starts_now, upload_model
 from faults import GcsFaultProxy, NatsProxy, override_info
 
-from exit_handler.testing import FakeGcsServer, NatsServer, Received, Subscriber
+from exit_handler.testing import (
+    FakeGcsServer,
+    NatsServer,
+    Received,
+    Subscriber,
+    add_stream,
+    stream_messages,
+)
 
 PUSHED = "penguin-pipeline/Pusher/pushed_model"
 
 
-def add_stream(url: str, subject: str) -> None:
-    async def create() -> None:
-        nc = await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=1)
-        await nc.jetstream().add_stream(name="EVENTS", subjects=[subject])
-        await nc.close()
-
-    asyncio.run(create())
-
-
 def stored_ids(url: str) -> list[str]:
-    async def read() -> list[str]:
-        nc = await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=1)
-        js = nc.jetstream()
-        info = await js.stream_info("EVENTS")
-        ids = []
-        for seq in range(info.state.first_seq, info.state.last_seq + 1):
-            message = await js.get_msg("EVENTS", seq)
-            ids.append((message.headers or {})["Nats-Msg-Id"])
-        await nc.close()
-        return ids
-
-    return asyncio.run(read())
+    return [message.headers["Nats-Msg-Id"] for message in stream_messages(url, "EVENTS")]
 
 
 def in_background(*args: str) -> tuple[threading.Thread, list[Result]]:
@@ -59,7 +44,7 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10) -> None:
 
 def test_nats_restarted_between_connect_and_publish(tmp_path: Path, subject: str) -> None:
     with NatsServer(store_dir=tmp_path / "js") as server, NatsProxy(server.url) as proxy:
-        add_stream(server.url, subject)
+        add_stream(server.url, "EVENTS", subject)
         # Hold the answer to the handler's stream lookup: it has connected, not yet published.
         proxy.swallow(b'"streams"', 1)
         thread, results = in_background(*base_args(subject, proxy.url), "--timeout=30")
@@ -77,7 +62,7 @@ def test_nats_restarted_between_connect_and_publish(tmp_path: Path, subject: str
 
 def test_a_lost_jetstream_ack_is_retried_with_the_same_id(tmp_path: Path, subject: str) -> None:
     with NatsServer(store_dir=tmp_path / "js") as server, NatsProxy(server.url) as proxy:
-        add_stream(server.url, subject)
+        add_stream(server.url, "EVENTS", subject)
         proxy.swallow(b'"seq"', 1)  # the first PubAck never arrives
         result = run_handler(*base_args(subject, proxy.url), "--timeout=30")
         ids = stored_ids(server.url)
