@@ -36,7 +36,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -212,7 +212,7 @@ def start_this_run(gcs: FakeGcsServer, roots: Sequence[tuple[int, int]] = ROOTS)
     for runs, _ in roots:
         for name in MODEL_FILES:
             gcs.upload(bucket_name(runs), f"{PUSHED}{runs + 1}/{name}", b"\x08\x01" * 16)
-    return datetime.fromtimestamp(start, timezone.utc)
+    return datetime.fromtimestamp(start, UTC)
 
 
 class CountingProxy:
@@ -314,7 +314,7 @@ def handler_discovery(bucket: str, created_at: datetime) -> list[str]:
     lister = RootLister(
         PipelineRoot.parse(f"gs://{bucket}/{PIPELINE}"),
         window_start=created_at,
-        window_end=datetime.now(timezone.utc),
+        window_end=datetime.now(UTC),
         deadline=Deadline(60),
     )
     return [

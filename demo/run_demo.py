@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,7 @@ def seed_pipeline_root(gcs: FakeGcsServer) -> str:
     # creationTimestamp) more than CLOCK_SKEW after the earlier runs' last object.
     start = math.ceil(time.time() + CLOCK_SKEW + 0.01)
     time.sleep(start - time.time())
-    created_at = datetime.fromtimestamp(start, timezone.utc)
+    created_at = datetime.fromtimestamp(start, UTC)
     for name, data in model.items():
         gcs.upload(BUCKET, f"{PUSHED}/103/{name}", data)
     say(f"  this run pushed        {ROOT}/Pusher/pushed_model/103/  (saved_model.pb, variables/)")

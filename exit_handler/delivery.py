@@ -97,8 +97,8 @@ async def _deliver(
             )
         except _Retry as err:
             last = str(err)
-        except TimeoutError:
-            last = "timed out"
+        except TimeoutError:  # the deadline cut an attempt short
+            last = last if last != "no attempt finished" else "timed out"
         delay = next(delays, None)
         if delay is None:
             raise Unavailable(
@@ -126,11 +126,11 @@ async def _attempt(
             )
             message = Message(message.subject, {}, message.payload)
             return await _publish_core(nc, message, deadline, errors)
-        stream = await _stream_for(nc, settings, deadline)
+        stream = await _stream_for(nc, settings, deadline, errors)
         if stream is None:
             return await _publish_core(nc, message, deadline, errors)
         return await _publish_jetstream(nc, message, stream, deadline)
-    except (OSError, asyncio.TimeoutError, nats_errors.Error) as err:
+    except (TimeoutError, OSError, nats_errors.Error) as err:
         # A lost connection or an unanswered request; but a permission violation
         # reported meanwhile (a denied JetStream publish times out) is final.
         _raise_if_refused(err, errors)
@@ -151,7 +151,7 @@ async def _connect(settings: NatsSettings, deadline: Deadline, errors: list[Exce
         return await nats.connect(
             servers=list(settings.servers),
             name="exit-handler",
-            # One pass over the servers per attempt; our own loop retries with backoff.
+            # No reconnects inside an attempt: our own loop retries with backoff.
             allow_reconnect=False,
             max_reconnect_attempts=1,
             reconnect_time_wait=0.05,
@@ -169,7 +169,7 @@ async def _connect(settings: NatsSettings, deadline: Deadline, errors: list[Exce
             f"NATS {', '.join(settings.servers)}: TLS verification failed "
             f"({err.verify_message}); pass the server's CA with --nats-tls-ca"
         ) from err
-    except (OSError, asyncio.TimeoutError, nats_errors.NoServersError) as err:
+    except (TimeoutError, OSError, nats_errors.NoServersError) as err:
         raise _Retry(f"cannot connect: {_describe(err)}") from err
     except nats_errors.Error as err:
         _raise_if_refused(err, errors)
@@ -181,7 +181,9 @@ def _supports_headers(nc: NATS) -> bool:
     return (version.major, version.minor) >= (2, 2)
 
 
-async def _stream_for(nc: NATS, settings: NatsSettings, deadline: Deadline) -> str | None:
+async def _stream_for(
+    nc: NATS, settings: NatsSettings, deadline: Deadline, errors: list[Exception]
+) -> str | None:
     """The stream covering the subject, or None for core delivery (SPEC §7 `auto`)."""
     if settings.delivery == "core":
         return None
@@ -199,7 +201,8 @@ async def _stream_for(nc: NATS, settings: NatsSettings, deadline: Deadline) -> s
     except nats_errors.TimeoutError:
         if settings.delivery == "jetstream":
             raise
-        reason = "the JetStream API did not answer"
+        denied = any(_PERMISSION_ERROR in str(err).lower() for err in errors)
+        reason = "no permission for the JetStream API" if denied else "JetStream did not answer"
         log.warning("%s: publishing with core NATS", reason)
     if settings.delivery == "jetstream":
         raise BadInput(f"--delivery jetstream: {reason}; create one, or use --delivery auto")

@@ -66,7 +66,7 @@ def event_data(
         "runStartTime": rfc3339(run.created_at) if run.created_at else None,
         "runEndTime": rfc3339(observed_at),
     }
-    if run.status == "failed" and run.failures:
+    if run.status == "failed" and run.failures and failure_limit > 0:
         data["failures"] = [failure.to_data() for failure in run.failures[:failure_limit]]
     if run.output_parameters:
         data["outputParameters"] = dict(run.output_parameters)

@@ -20,6 +20,7 @@ from typing import Any, TextIO
 from exit_handler.artifact_definitions import DefinitionError, parse_definition
 from exit_handler.errors import BadInput
 from exit_handler.pipeline_root import PipelineRoot
+from exit_handler.run import is_unicode
 
 WRAPPER = "run-completion-exit-handler"
 OUR_STEP = "publish-run-completion"
@@ -125,6 +126,13 @@ def pipeline_name(workflow: dict[str, Any]) -> str:
     return entrypoint
 
 
+def _checked_name(name: str) -> str:
+    """Refuse now a pipeline name that every run's exit step would refuse."""
+    if len(name) > 253 or "{{" in name or not name.isprintable():
+        raise BadInput(f"bad input: the pipeline name {name[:60]!r} cannot name events")
+    return name
+
+
 def _our_step(
     workflow: dict[str, Any], parameters: list[str], options: InjectOptions
 ) -> dict[str, Any]:
@@ -141,7 +149,7 @@ def _our_step(
         "failures": "{{workflow.failures}}",
         # KFP rewrites this text to its run id when it submits the run.
         "run-id": "{{workflow.uid}}",
-        "pipeline-name": pipeline_name(workflow),
+        "pipeline-name": _checked_name(pipeline_name(workflow)),
         "pipeline-root": root,
         "exit-templates": f"{options.template},{WRAPPER},{OUR_STEP}",
         "provider": options.provider,
@@ -212,8 +220,12 @@ def read_workflow(source: str, stdin: TextIO) -> dict[str, Any]:
         text = stdin.read(MAX_INPUT + 1) if source == "-" else _read(source)
     except OSError as err:
         raise BadInput(f"bad input: cannot read {source}: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise BadInput(f"bad input: {source} is not UTF-8 text") from None
     if len(text) > MAX_INPUT:
         raise BadInput(f"bad input: {source} is larger than {MAX_INPUT} bytes")
+    if not is_unicode(text):  # stdin decodes invalid UTF-8 to lone surrogates
+        raise BadInput(f"bad input: {source} is not UTF-8 text")
     try:
         loaded = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506  # a safe loader
     except yaml.YAMLError as err:
@@ -228,10 +240,7 @@ def read_workflow(source: str, stdin: TextIO) -> dict[str, Any]:
 
 def _read(path: str) -> str:
     with open(path, encoding="utf-8", errors="strict") as file:
-        try:
-            return file.read(MAX_INPUT + 1)
-        except UnicodeDecodeError:
-            raise BadInput(f"bad input: {path} is not UTF-8 text") from None
+        return file.read(MAX_INPUT + 1)
 
 
 def write_workflow(workflow: dict[str, Any], target: str | None, stdout: TextIO) -> None:
@@ -242,15 +251,30 @@ def write_workflow(workflow: dict[str, Any], target: str | None, stdout: TextIO)
     if target is None or target == "-":
         stdout.write(text)
         return
-    directory = Path(target).resolve().parent
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".inject-", suffix=".yaml")
+    path = Path(target)
+    if path.is_dir():
+        raise BadInput(f"bad input: -o {target} is a directory; name the output file")
+    try:
+        # The file keeps its mode when it is rewritten in place, else gets the umask's.
+        mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask()
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".inject-", suffix=".yaml")
+    except OSError as err:
+        raise BadInput(f"bad input: cannot write {target}: {err.strerror or err}") from None
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:
             file.write(text)
+        os.chmod(temporary, mode)
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it; put it straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def check_names(options: InjectOptions, output_parameters: Sequence[str]) -> None:
@@ -269,3 +293,6 @@ def check_names(options: InjectOptions, output_parameters: Sequence[str]) -> Non
             PipelineRoot.parse(options.pipeline_root)
         except ValueError as err:
             raise BadInput(f"bad input: --pipeline-root: {err}") from None
+    provider = options.provider or "kfp"
+    if len(provider) > 253 or not provider.isprintable() or " " in provider:
+        raise BadInput(f"bad input: --provider: {provider[:40]!r} is not a single printable word")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ ENV_PREFIX = "EXIT_HANDLER_"
 DEFAULT_NATS_URL = "nats://eventbus-kfp-operator-events-stan-svc.kfp-operator.svc:4222"
 MAX_FILE = 8 * 1024 * 1024
 MAX_SECRET = 64 * 1024
+_NEXT_ITEM = re.compile(r",(?=[A-Za-z0-9_][A-Za-z0-9_.-]*=)")
 _SUBJECT = re.compile(r"[^\s.*>]+(\.[^\s.*>]+)*")
 T = TypeVar("T")
 
@@ -37,7 +39,7 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         if message.startswith("unrecognized arguments:"):
             # The values may be secrets someone put on the command line by mistake.
-            names = [word for word in message.split()[2:] if word.startswith("-")]
+            names = [w.split("=", 1)[0] for w in message.split()[2:] if w.startswith("-")]
             message = "unrecognized options: " + (" ".join(names) or "(values without options)")
         raise BadInput(f"bad input: {message} (see {self.prog} --help)")
 
@@ -117,7 +119,9 @@ def _from_environment(action: argparse.Action, text: str) -> object:
             return False
         raise BadInput(f"bad input: {variable}: expected true or false")
     if isinstance(action, argparse._AppendAction):
-        return [item for item in text.split(",") if item]
+        # NAME=VALUE items: a comma splits only before the next NAME=, so values such as
+        # {"a":1,"b":2} survive.
+        return [item for item in _NEXT_ITEM.split(text) if item]
     return text
 
 
@@ -223,6 +227,8 @@ def read_options(values: Mapping[str, Any], environ: Mapping[str, str]) -> Optio
     )
     if bool(options.nats.tls_cert) != bool(options.nats.tls_key):
         problems.append("--nats-tls-cert and --nats-tls-key: give both or neither")
+    elif not problems:  # a CA, certificate or key that does not load is bad input, not an outage
+        check("--nats-tls-ca/--nats-tls-cert/--nats-tls-key", options.nats.tls_context, None)
     if problems:
         raise InvalidFields(problems)
     return options
@@ -300,7 +306,13 @@ def _servers(text: str) -> tuple[str, ...]:
                 "a server URL carries credentials; use --nats-token-file, --nats-user with "
                 "--nats-password-file, or EXIT_HANDLER_NATS_TOKEN instead"
             )
-        if not sep or scheme not in {"nats", "tls"} or not rest.split(":")[0]:
+        try:
+            parsed = urllib.parse.urlsplit(server)
+            valid = bool(sep and scheme in {"nats", "tls"} and parsed.hostname)
+            parsed.port  # noqa: B018  # raises ValueError for a port that is not a number
+        except ValueError:
+            valid = False
+        if not valid:
             raise ValueError(f"{server[:60]!r} is not a nats://host:port or tls://host:port URL")
     if not servers:
         raise ValueError("no server given")
@@ -359,13 +371,27 @@ def _auth(values: Mapping[str, Any], environ: Mapping[str, str]) -> NatsAuth:
         raise ValueError(f"give one way to authenticate, not {' and '.join(methods)}")
     if bool(user) != bool(password):
         raise ValueError("--nats-user needs a password (--nats-password-file) and vice versa")
+    seed_file = _file(get("nats_nkey_seed_file"))
+    if seed_file:
+        _check_seed(seed_file)
     return NatsAuth(
         token=token,
         user=user,
         password=password,
         creds_file=_file(get("nats_creds_file")),
-        nkey_seed_file=_file(get("nats_nkey_seed_file")),
+        nkey_seed_file=seed_file,
     )
+
+
+def _check_seed(path: str) -> None:
+    """A seed nats-py could not use would fail inside the client as an internal error."""
+    import nkeys
+
+    seed = _secret(path, "NKey seed")
+    try:
+        nkeys.from_seed(bytearray(seed.encode()))
+    except (nkeys.NkeysError, ValueError):
+        raise ValueError(f"the NKey seed file {path} holds no valid seed") from None
 
 
 def _eventbus_secret(path: str) -> tuple[str | None, str | None, str | None]:
@@ -377,11 +403,11 @@ def _eventbus_secret(path: str) -> tuple[str | None, str | None, str | None]:
         loaded = yaml.safe_load(text)
     except yaml.YAMLError:
         raise ValueError(f"{path} is not YAML (expected token: or username:/password:)") from None
-    if not isinstance(loaded, dict) or not (
-        isinstance(loaded.get("token"), str)
-        or (isinstance(loaded.get("username"), str) and isinstance(loaded.get("password"), str))
-    ):
-        raise ValueError(f"{path} holds neither token: nor username: and password:")
-    if loaded.get("token"):
-        return loaded["token"], None, None
-    return None, loaded["username"], loaded["password"]
+    if not isinstance(loaded, dict):
+        loaded = {}
+    token, username, password = (loaded.get(key) for key in ("token", "username", "password"))
+    if isinstance(token, str) and token:
+        return token, None, None
+    if isinstance(username, str) and username and isinstance(password, str) and password:
+        return None, username, password
+    raise ValueError(f"{path} holds neither token: nor username: and password:")

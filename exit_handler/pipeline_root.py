@@ -213,6 +213,13 @@ class RootLister:
         from google.auth import exceptions as auth
         from requests import exceptions as http
 
+        def refused(err: BaseException) -> Refused:
+            return Refused(
+                f"GCS refused to list {self.root}: {_reason(err)}; give the workflow's "
+                "service account storage.objects.list on the bucket (on GKE: check its "
+                "Workload Identity binding)"
+            )
+
         transient: tuple[type[BaseException], ...] = (
             api.TooManyRequests,
             api.ServerError,
@@ -228,17 +235,20 @@ class RootLister:
             try:
                 return request()
             except (api.Forbidden, api.Unauthorized, auth.DefaultCredentialsError) as err:
-                raise Refused(
-                    f"GCS refused to list {self.root}: {_reason(err)}; give the workflow's "
-                    "service account storage.objects.list on the bucket"
-                ) from err
+                raise refused(err) from err
+            except auth.RefreshError as err:  # the token: metadata server or Workload Identity
+                if not getattr(err, "retryable", False):
+                    raise refused(err) from err
+                last = err
+                log.info("GCS credentials could not be refreshed (%s); retrying", _reason(err))
             except api.NotFound as err:
                 raise BadInput(
-                    f"--pipeline-root: bucket {self.root.bucket!r} does not exist ({_reason(err)})"
+                    f"bad input: --pipeline-root: bucket {self.root.bucket!r} does not exist "
+                    f"({_reason(err)}); check the pipeline root"
                 ) from err
             except api.BadRequest as err:
                 raise BadInput(
-                    f"--pipeline-root: GCS rejected {self.root}: {_reason(err)}"
+                    f"bad input: --pipeline-root: GCS rejected {self.root}: {_reason(err)}"
                 ) from err
             except transient as err:
                 last = err

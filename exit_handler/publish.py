@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
 from exit_handler.artifacts import resolve, serving_model_artifacts
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 def publish(options: Options, *, stdout: TextIO, observed_at: datetime | None = None) -> None:
     """Publish (or with --dry-run print) the run-completion event of `options.run`."""
     deadline = Deadline(options.timeout)
-    observed_at = observed_at or datetime.now(timezone.utc).replace(microsecond=0)
+    observed_at = observed_at or datetime.now(UTC).replace(microsecond=0)
     run = options.run
     lister = None
     if options.root is not None and run.created_at is not None:
@@ -36,7 +36,7 @@ def publish(options: Options, *, stdout: TextIO, observed_at: datetime | None = 
         lister = RootLister(
             options.root,
             window_start=run.created_at - skew,
-            window_end=datetime.now(timezone.utc) + skew,
+            window_end=datetime.now(UTC) + skew,
             deadline=deadline,
         )
     serving = serving_model_artifacts(run, lister, options.pusher_components)

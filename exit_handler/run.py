@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from exit_handler.errors import InvalidFields
 
@@ -38,11 +38,12 @@ class Failure:
     def is_exit_handler(self, exit_templates: tuple[str, ...]) -> bool:
         """A node of the exit handler itself, e.g. a failed earlier attempt of this pod.
 
-        Argo leaves `templateName` empty on a node that a `templateRef` step created, so
-        the step's display name (without a retry's `(n)` suffix) counts too.
+        Argo leaves `templateName` empty on a node that a `templateRef` step created; for
+        those, the step's display name (without a retry's `(n)` suffix) counts instead.
         """
-        display = _RETRY_SUFFIX.sub("", self.display_name)
-        return self.template_name in exit_templates or display in exit_templates
+        if self.template_name:
+            return self.template_name in exit_templates
+        return _RETRY_SUFFIX.sub("", self.display_name) in exit_templates
 
     def identity(self) -> tuple[str, str, str, str]:
         """The part of a failure that identifies the outcome (the event id hashes it)."""
@@ -183,7 +184,7 @@ def parse_timestamp(value: str) -> datetime:
         parsed = datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", value))
     except ValueError:
         raise ValueError(f"{_show(value)} is not a valid date and time") from None
-    return parsed.astimezone(timezone.utc)
+    return parsed.astimezone(UTC)
 
 
 def decode_failures(text: str | None) -> list[Failure]:

@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -77,7 +77,7 @@ def run_starts_now() -> str:
     """
     now = time.time()
     time.sleep(int(now) + 1 - now + 0.01)
-    return datetime.fromtimestamp(int(now) + 1, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(int(now) + 1, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def upload_model(gcs: FakeGcsServer, bucket: str, prefix: str, version: str) -> str:

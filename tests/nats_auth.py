@@ -254,7 +254,7 @@ def _issue(
     extensions: list[tuple[x509.ExtensionType, bool]],
 ) -> x509.Certificate:
     """Sign a one-day certificate; ``issuer=None`` self-signs (the CA)."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     issuer_cert, issuer_key = issuer if issuer is not None else (None, key)
     builder = (

@@ -63,6 +63,9 @@ CASES: list[tuple[str, dict[str, str], str]] = [
     ("creds file missing", {"--nats-creds-file": "/nonexistent.creds"}, "not a readable file"),
     ("cert without key", {"--nats-tls-cert": "/etc/hostname"}, "--nats-tls-key: give both"),
     ("failures twice", {"--failures-file": "/etc/hostname", "--failures": "null"}, "not both"),
+    ("port not a number", {"--nats-url": "nats://127.0.0.1:abc"}, "--nats-url: "),
+    ("CA that is no certificate", {"--nats-tls-ca": "/etc/hostname"}, "--nats-tls-ca/"),
+    ("NKey seed that is no seed", {"--nats-nkey-seed-file": "/etc/hostname"}, "no valid seed"),
 ]
 
 
@@ -94,10 +97,11 @@ def test_all_bad_fields_are_named_in_one_line(nats_server: NatsServer, subject: 
         assert f"{option}:" in line
 
 
-def test_a_secret_on_the_command_line_is_refused_without_echo() -> None:
-    result = run_handler(*base_args("events", "nats://127.0.0.1:1"), "--nats-token", "hunter2")
+@pytest.mark.parametrize("form", [["--nats-token", "hunter2"], ["--nats-token=hunter2"]])
+def test_a_secret_on_the_command_line_is_refused_without_echo(form: list[str]) -> None:
+    result = run_handler(*base_args("events", "nats://127.0.0.1:1"), *form)
     assert result.status == 2
-    assert "unrecognized options: --nats-token" in result.stderr
+    assert "unrecognized options: --nats-token " in result.stderr
     assert "hunter2" not in result.stderr
 
 
@@ -122,6 +126,26 @@ def test_failures_file_is_read_like_the_argument(tmp_path: Path, subject: str) -
     assert payload["failures"] == [
         {"displayName": "Trainer", "templateName": "trainer", "phase": "Failed"}
     ]
+
+
+@pytest.mark.parametrize(
+    ("secret", "status"),
+    [
+        ('token: ""\nusername: alice\npassword: pw\n', 0),
+        ('token: ""\n', 2),
+        ("username: alice\n", 2),
+        ("- a list\n", 2),
+    ],
+)
+def test_eventbus_secret_shapes(tmp_path: Path, secret: str, status: int) -> None:
+    path = tmp_path / "client-auth"
+    path.write_text(secret)
+    result = run_handler(
+        *base_args("events", "nats://127.0.0.1:1"), f"--nats-auth-secret-file={path}", "--dry-run"
+    )
+    assert result.status == status, result.stderr
+    if status:
+        assert "holds neither token: nor username: and password:" in result.stderr
 
 
 def test_bad_environment_value_names_the_variable() -> None:

@@ -75,7 +75,7 @@ def test_wrong_token_is_refused_in_seconds(token_server: NatsServer, tmp_path: P
     )
     elapsed = time.monotonic() - started
     assert result.status == 4, result.stderr
-    assert elapsed < 10, "a refusal must not wait for the deadline"
+    assert elapsed < 2, "a refusal is answered at once, not after a retry loop"
     assert "NATS refused the credentials" in result.stderr
     assert "wrong-token" not in result.stderr
     # The event is logged for replay, and never the secret.

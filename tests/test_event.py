@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import unquote
 
 from cloudevents.core.formats.json import JSONFormat
@@ -13,14 +13,14 @@ from exit_handler.event import Artifact, build_event, event_data, event_id
 from exit_handler.run import Failure, Run
 from exit_handler.wire import encode, fit, percent_encode
 
-OBSERVED = datetime(2026, 11, 26, 10, 42, 13, tzinfo=timezone.utc)
+OBSERVED = datetime(2026, 11, 26, 10, 42, 13, tzinfo=UTC)
 RUN = Run(
     status="failed",
     pipeline_name="penguin-pipeline",
     workflow_name="penguin-pipeline-x7k2p",
     workflow_uid="uid-1",
     namespace="kubeflow",
-    created_at=datetime(2026, 11, 26, 10, 0, tzinfo=timezone.utc),
+    created_at=datetime(2026, 11, 26, 10, 0, tzinfo=UTC),
     failures=(Failure("Trainer", "trainer", "Failed", "OOMKilled", "2026-11-26T10:41:00Z"),),
 )
 
@@ -79,6 +79,8 @@ def test_failures_only_for_failed_runs_first_twenty_messages_cut() -> None:
         "message": "x" * 1000,
     }
     assert "failures" not in data(replace(RUN, status="succeeded"))
+    # Trimmed to none for max_payload: no key rather than an empty list that reads as "none".
+    assert "failures" not in data(failure_limit=0)
 
 
 def test_binary_mode_headers_and_payload() -> None:

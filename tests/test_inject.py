@@ -191,3 +191,39 @@ def test_malformed_input_exits_2_and_writes_nothing(
     assert len(result.stderr.splitlines()) == 1
     assert not out.exists()
     assert list(tmp_path.iterdir()) == [], "no temporary file left behind"
+
+
+def test_output_errors_exit_2(tmp_path: Path) -> None:
+    source = str(FIXTURES / "kfp_simple.yaml")
+    into_directory = run_inject(source, "-o", str(tmp_path))
+    into_nowhere = run_inject(source, "-o", str(tmp_path / "missing" / "out.yaml"))
+    assert (into_directory.status, into_nowhere.status) == (2, 2)
+    assert "is a directory" in into_directory.stderr
+    assert "cannot write" in into_nowhere.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_rewriting_in_place_keeps_the_file_mode(tmp_path: Path) -> None:
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text((FIXTURES / "kfp_simple.yaml").read_text())
+    pipeline.chmod(0o640)
+    assert run_inject(str(pipeline), "-o", str(pipeline)).status == 0
+    assert pipeline.stat().st_mode & 0o777 == 0o640
+    assert yaml.safe_load(pipeline.read_text())["spec"]["onExit"] == WRAPPER
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "fault"),
+    [
+        (["-"], "\udcff\udcfe", "is not UTF-8 text"),
+        (["-", "--provider=k f p"], SIMPLE, "--provider: "),
+        (["-", "--output-parameter=../x"], SIMPLE, "--output-parameter: "),
+    ],
+)
+def test_inputs_every_run_would_refuse_are_refused_now(
+    args: list[str], stdin: str, fault: str
+) -> None:
+    result = run_inject(*args, stdin=stdin)
+    assert result.status == 2, result.stderr
+    assert fault in result.stderr
+    assert result.stdout == ""

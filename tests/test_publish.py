@@ -207,7 +207,11 @@ def test_every_option_also_comes_from_the_environment(
         "EXIT_HANDLER_NATS_URL": nats_server.url,
         "EXIT_HANDLER_SUBJECT": subject,
         "EXIT_HANDLER_CONTENT_MODE": "structured",
-        "EXIT_HANDLER_OUTPUT_PARAMETER": "a=1,b=2",
+        "EXIT_HANDLER_OUTPUT_PARAMETER": 'a=1,metrics={"x":1,"y":2},b=2',
+        "EXIT_HANDLER_TIMEOUT": "9",
+        "EXIT_HANDLER_DELIVERY": "core",
+        "EXIT_HANDLER_RUN_ID": "run-from-env",
+        "EXIT_HANDLER_ARTIFACTS": "[]",
         "EXIT_HANDLER_DRY_RUN": "true",
         "EXIT_HANDLER_PROVIDER": "from-env",
     }
@@ -220,7 +224,8 @@ def test_every_option_also_comes_from_the_environment(
     assert event.get_source() == "from-argv"
     assert data["status"] == "failed"
     assert data["workflowName"] == "wf-env"
-    assert data["outputParameters"] == {"a": "1", "b": "2"}
+    assert data["outputParameters"] == {"a": "1", "metrics": '{"x":1,"y":2}', "b": "2"}
+    assert data["runId"] == "run-from-env"
     assert "namespace" not in data
 
 

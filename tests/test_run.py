@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -74,11 +74,9 @@ def test_all_bad_fields_are_named_in_one_error() -> None:
 
 
 def test_timestamps_are_rfc3339_with_an_offset() -> None:
-    assert parse_timestamp("2026-11-26T10:00:00Z") == datetime(
-        2026, 11, 26, 10, tzinfo=timezone.utc
-    )
+    assert parse_timestamp("2026-11-26T10:00:00Z") == datetime(2026, 11, 26, 10, tzinfo=UTC)
     assert parse_timestamp("2026-11-26T12:00:00.123456789+02:00") == datetime(
-        2026, 11, 26, 10, 0, 0, 123456, tzinfo=timezone.utc
+        2026, 11, 26, 10, 0, 0, 123456, tzinfo=UTC
     )
     for bad in ("2026-11-26", "2026-11-26T10:00:00", "2026-13-01T00:00:00Z", "{{x}}"):
         with pytest.raises(ValueError, match=r"RFC 3339|valid|unresolved"):
@@ -93,3 +91,9 @@ def test_a_retried_exit_step_is_recognised_by_its_display_name() -> None:
     assert len(read_run(text).failures) == 2
     wired = RunText(**{**text.__dict__, "exit_templates": ("publish", "publish-run-completion")})
     assert [failure.display_name for failure in read_run(wired).failures] == ["Trainer"]
+
+
+def test_a_user_step_displayed_like_an_exit_template_stays_a_failure() -> None:
+    step = {"displayName": "publish", "templateName": "publish-model", "phase": "Failed"}
+    run = read_run(run_text(status="Failed", failures=json.dumps(json.dumps([step]))))
+    assert [failure.template_name for failure in run.failures] == ["publish-model"]
