@@ -54,7 +54,7 @@ def as_in_hera(manifest: dict[str, Any]) -> dict[str, Any]:
     as its docs write them); hera's generated model nests them as groupVersionResource."""
     if manifest["kind"] != "EventSource" or "resource" not in manifest["spec"]:
         return manifest
-    copy = json.loads(json.dumps(manifest))
+    copy: dict[str, Any] = json.loads(json.dumps(manifest))
     for source in copy["spec"]["resource"].values():
         gvr = {key: source.pop(key) for key in ("group", "version", "resource")}
         source["groupVersionResource"] = gvr
