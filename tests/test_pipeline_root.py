@@ -150,16 +150,15 @@ def test_versions_sort_numerically_then_by_name() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "bucket", "path"),
+    ("text", "bucket", "path", "prefix"),
     [
-        ("gs://bucket/path/to/root", "bucket", "path/to/root"),
-        ("gs://bucket/path/", "bucket", "path"),
-        ("gs://bucket", "bucket", ""),
+        ("gs://bucket/path/to/root", "bucket", "path/to/root", "path/to/root/Pusher/pushed_model/"),
+        ("gs://bucket/path/", "bucket", "path", "path/Pusher/pushed_model/"),
+        ("gs://bucket", "bucket", "", "Pusher/pushed_model/"),
     ],
 )
-def test_pipeline_root_parses(text: str, bucket: str, path: str) -> None:
+def test_pipeline_root_parses(text: str, bucket: str, path: str, prefix: str) -> None:
     root = PipelineRoot.parse(text)
     assert (root.bucket, root.path) == (bucket, path)
-    assert root.output_prefix("Pusher", "pushed_model") == "/".join(
-        [*filter(None, [path]), "Pusher/pushed_model/"]
-    )
+    assert root.output_prefix("Pusher", "pushed_model") == prefix
+    assert str(root) == text.rstrip("/")

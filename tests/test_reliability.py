@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -89,6 +89,14 @@ def test_a_server_before_nats_2_2_gets_the_payload_without_headers(subject: str)
     assert json.loads(received[0].data)["status"] == "succeeded"
 
 
+@pytest.fixture
+def gcs_proxy(gcs: FakeGcsServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[GcsFaultProxy]:
+    """A fault-injecting proxy in front of the emulator, with the client pointed at it."""
+    with GcsFaultProxy(gcs.endpoint) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.endpoint)
+        yield proxy
+
+
 def publish_through_gcs(
     nats_server: NatsServer,
     bucket: str,
@@ -114,19 +122,15 @@ def test_gcs_throttling_and_outages_are_retried_then_published(
     gcs: FakeGcsServer,
     bucket: str,
     subject: str,
-    monkeypatch: pytest.MonkeyPatch,
+    gcs_proxy: GcsFaultProxy,
 ) -> None:
     created_at = run_starts_now()
     pushed = upload_model(gcs, bucket, PUSHED, "12")
-    with GcsFaultProxy(gcs.endpoint) as proxy:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.endpoint)
-        proxy.fail_next(429, 2)
-        proxy.fail_next(503, 2)
-        proxy.reset_next(1)
-        result, received = publish_through_gcs(
-            nats_server, bucket, created_at, subject, "--timeout=30"
-        )
-        requests = proxy.requests
+    gcs_proxy.fail_next(429, 2)
+    gcs_proxy.fail_next(503, 2)
+    gcs_proxy.reset_next(1)
+    result, received = publish_through_gcs(nats_server, bucket, created_at, subject, "--timeout=30")
+    requests = gcs_proxy.requests
     assert result.status == 0, result.stderr
     assert len(received) == 1
     assert result.stderr.count("GCS listing of") == 5  # each fault logged, then retried
@@ -139,17 +143,14 @@ def test_gcs_throttling_and_outages_are_retried_then_published(
 
 def test_gcs_permission_denied_exits_4_and_publishes_nothing(
     nats_server: NatsServer,
-    gcs: FakeGcsServer,
+    gcs_proxy: GcsFaultProxy,
     bucket: str,
     subject: str,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    with GcsFaultProxy(gcs.endpoint) as proxy:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.endpoint)
-        proxy.fail_next(403, 1)
-        result, received = publish_through_gcs(
-            nats_server, bucket, "2026-11-26T10:00:00Z", subject, "--timeout=30"
-        )
+    gcs_proxy.fail_next(403, 1)
+    result, received = publish_through_gcs(
+        nats_server, bucket, "2026-11-26T10:00:00Z", subject, "--timeout=30"
+    )
     assert result.status == 4, result.stderr
     assert received == []
     line = result.stderr.strip().splitlines()[-1]
@@ -159,19 +160,16 @@ def test_gcs_permission_denied_exits_4_and_publishes_nothing(
 
 def test_gcs_that_never_answers_exits_3_at_the_deadline(
     nats_server: NatsServer,
-    gcs: FakeGcsServer,
+    gcs_proxy: GcsFaultProxy,
     bucket: str,
     subject: str,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    with GcsFaultProxy(gcs.endpoint) as proxy:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.endpoint)
-        proxy.hang_next(1000)
-        started = time.monotonic()
-        result, received = publish_through_gcs(
-            nats_server, bucket, "2026-11-26T10:00:00Z", subject, "--timeout=4"
-        )
-        elapsed = time.monotonic() - started
+    gcs_proxy.hang_next(1000)
+    started = time.monotonic()
+    result, received = publish_through_gcs(
+        nats_server, bucket, "2026-11-26T10:00:00Z", subject, "--timeout=4"
+    )
+    elapsed = time.monotonic() - started
     assert result.status == 3, result.stderr
     assert 4 <= elapsed < 8
     assert received == []
