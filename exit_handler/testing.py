@@ -46,6 +46,7 @@ import secrets
 import shutil
 import signal
 import socket
+import string
 import subprocess
 import sys
 import tempfile
@@ -242,6 +243,23 @@ class _ServerProcess(ABC):
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def eventbus_token() -> str:
+    """A token as Argo Events makes one for a native EventBus: 64 letters and digits."""
+    alphabet = string.ascii_letters + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(64))
+
+
+def eventbus_client_auth(token: str) -> str:
+    """The `client-auth` key of the EventBus client Secret, byte for byte as Argo Events
+    (v1.8, v1.9) writes it for token auth: quoted, no trailing newline."""
+    return f'token: "{token}"'
+
+
+def jetstream_client_auth(user: str, password: str) -> str:
+    """The `client-auth` key Argo Events writes for a JetStream EventBus: unquoted."""
+    return f"username: {user}\npassword: {password}"
 
 
 @dataclass

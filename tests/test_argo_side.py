@@ -15,10 +15,16 @@ from typing import Any
 import pytest
 import yaml
 from argo_models import SUPPORTED_KINDS, validate
-from conftest import run_starts_now, upload_model
+from conftest import base_args, run_handler, run_starts_now, upload_model
 
 from exit_handler.inject import OUR_STEP, WRAPPER, InjectOptions, inject
-from exit_handler.testing import FakeGcsServer, NatsServer, Subscriber
+from exit_handler.testing import (
+    FakeGcsServer,
+    NatsServer,
+    Subscriber,
+    eventbus_client_auth,
+    eventbus_token,
+)
 
 REPO = Path(__file__).parent.parent
 MANIFESTS = REPO / "workflow-templates"
@@ -45,8 +51,14 @@ KINDS = {
     "": {"WorkflowTemplate", "ConfigMap", "ServiceAccount", "Role", "RoleBinding"},
     "cluster": {"ClusterWorkflowTemplate"},
     "events": {"EventBus", "EventSource", "Sensor"},
-    "backstop": {"EventSource", "Sensor"},
+    "backstop": {"EventSource", "Sensor", "ServiceAccount", "Role", "RoleBinding"},
 }
+PIPELINES_NAMESPACE = "kubeflow"  # where the backstop's manifests expect pipelines to run
+
+
+def event_bus() -> dict[str, Any]:
+    (bus,) = [m for m in kustomized(MANIFESTS / "events") if m["kind"] == "EventBus"]
+    return bus
 
 
 def as_in_hera(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -69,10 +81,14 @@ def test_every_manifest_validates_against_the_argo_and_kubernetes_models(directo
         if (manifest["apiVersion"], manifest["kind"]) in SUPPORTED_KINDS:
             validate(as_in_hera(manifest))
     assert {manifest["kind"] for manifest in rendered} == KINDS[directory]
-    # `kubectl apply -k DIR -n NS` refuses objects that name another namespace: the
-    # pipelines' resources name none, the seed's are all in the kustomization's namespace.
     namespaces = {manifest["metadata"].get("namespace") for manifest in rendered}
-    assert namespaces == {kustomization.get("namespace")}
+    if directory == "backstop":  # it spans the bus's namespace and the pipelines'
+        assert "namespace" not in kustomization
+        assert namespaces == {event_bus()["metadata"]["namespace"], PIPELINES_NAMESPACE}
+    else:
+        # `kubectl apply -k DIR -n NS` refuses objects that name another namespace: the
+        # pipelines' resources name none, the seed's are all in the kustomization's namespace.
+        assert namespaces == {kustomization.get("namespace")}
 
 
 def test_structured_sensor_validates() -> None:
@@ -98,7 +114,11 @@ def test_template_retries_exit_3_and_dead_pods_only_and_runs_locked_down() -> No
     (template,) = workflow_template()["spec"]["templates"]
     retry = template["retryStrategy"]
     assert retry["retryPolicy"] == "Always"
-    assert retry["expression"] == 'asInt(lastRetry.exitCode) == 3 || lastRetry.status == "Error"'
+    # 3: a dependency stayed down; > 128: killed by a signal (OOM 137); Error: the pod died.
+    assert retry["expression"] == (
+        "asInt(lastRetry.exitCode) == 3 || asInt(lastRetry.exitCode) > 128"
+        ' || lastRetry.status == "Error"'
+    )
     container = template["container"]
     assert container["command"] == ["exit-handler"], "exec form, no shell"
     security = container["securityContext"]
@@ -127,12 +147,37 @@ def substitute(text: str, values: dict[str, str]) -> str:
     return VARIABLE.sub(value, text)
 
 
-def argo_runs_the_exit_handler(
-    workflow: dict[str, Any], variables: dict[str, str], config: dict[str, str], scratch: Path
-) -> tuple[list[str], dict[str, str]]:
-    """The command line and environment Argo gives the `publish` container."""
+def our_step(workflow: dict[str, Any]) -> dict[str, Any]:
+    """The step that inject added to call the WorkflowTemplate."""
     (wrapper,) = [t for t in workflow["spec"]["templates"] if t["name"] == WRAPPER]
-    step = next(s for s in wrapper["steps"][0] if s["name"] == OUR_STEP)
+    step: dict[str, Any] = next(s for s in wrapper["steps"][0] if s["name"] == OUR_STEP)
+    return step
+
+
+def config_as_installed() -> dict[str, str]:
+    """The ConfigMap with the line README "Install" says to uncomment for an eventbus with auth."""
+    text = (MANIFESTS / "configmap.yaml").read_text()
+    line = "# EXIT_HANDLER_NATS_AUTH_SECRET_FILE:"
+    assert line in text
+    (config_map,) = yaml.safe_load_all(text.replace(line, line.removeprefix("# ")))
+    return dict(config_map["data"])
+
+
+def argo_runs_the_exit_handler(
+    step: dict[str, Any],
+    variables: dict[str, str],
+    config: dict[str, str],
+    scratch: Path,
+    secrets: dict[str, Path],
+) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment Argo gives the `publish` container that `step` calls.
+
+    `secrets` maps a Secret's name to a local directory holding its keys; the kubelet's
+    mount is emulated by pointing paths under a volume's mountPath there, for the volumes
+    the template really declares and mounts.
+    """
+    assert step["templateRef"]["name"] == workflow_template()["metadata"]["name"]
+    assert step["templateRef"]["template"] == "publish"
     passed = {p["name"]: substitute(p["value"], variables) for p in step["arguments"]["parameters"]}
     (template,) = workflow_template()["spec"]["templates"]
     declared = {p["name"]: p.get("value") for p in template["inputs"]["parameters"]}
@@ -150,7 +195,38 @@ def argo_runs_the_exit_handler(
         for arg in container["args"]
     ]
     env = {e["name"]: substitute(e["value"], parameters) for e in container["env"]}
+    volumes = {v["name"]: v for v in template.get("volumes", [])}
+    mounted = {
+        mount["mountPath"]: secrets[volumes[mount["name"]]["secret"]["secretName"]]
+        for mount in container.get("volumeMounts", [])
+        if volumes[mount["name"]].get("secret", {}).get("secretName") in secrets
+    }
+    for key, value in config.items():
+        for mount_path, local in mounted.items():
+            if value.startswith(f"{mount_path}/"):
+                config = {**config, key: str(local / value.removeprefix(f"{mount_path}/"))}
     return [*container["command"], *args], {**config, **env}
+
+
+def eventbus_secret(scratch: Path, token: str) -> Path:
+    """Secret kfp-exit-handler-nats as README "Install" makes it: Argo Events' client-auth."""
+    secret = scratch / "kfp-exit-handler-nats"
+    secret.mkdir()
+    (secret / "client-auth").write_text(eventbus_client_auth(token))
+    return secret
+
+
+def run_in_pod(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The container's command, with this venv's `exit-handler` on PATH as in the image."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    return subprocess.run(
+        command,
+        env={**os.environ, **env, "PATH": path},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
 
 
 def test_the_workflow_template_as_argo_runs_it(
@@ -196,28 +272,20 @@ def test_the_workflow_template_as_argo_runs_it(
         "workflow.parameters.pipeline-root": f"gs://{bucket}/tfx/penguin-pipeline",
         "workflow.outputs.parameters.accuracy": "0.93",
     }
-    secrets = tmp_path / "secrets"
-    secrets.mkdir()
-    (secrets / "client-auth").write_text("token: eventbus-t0ken\n")
-    (config_map,) = documents(MANIFESTS / "configmap.yaml")
-    config = dict(config_map["data"])
-    # What README "Install" says to do with an authenticated eventbus: uncomment this line.
-    assert "# EXIT_HANDLER_NATS_AUTH_SECRET_FILE:" in (MANIFESTS / "configmap.yaml").read_text()
-    config["EXIT_HANDLER_NATS_AUTH_SECRET_FILE"] = str(secrets / "client-auth")
-    with NatsServer(token="eventbus-t0ken", jetstream=False) as server:
-        config["EXIT_HANDLER_NATS_URL"] = server.url
-        config["EXIT_HANDLER_SUBJECT"] = subject
-        command, env = argo_runs_the_exit_handler(workflow, variables, config, tmp_path)
-        environment = {
-            **os.environ,
-            **env,
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    token = eventbus_token()
+    secret = eventbus_secret(tmp_path, token)
+    with NatsServer(token=token, jetstream=False) as server:
+        config = {
+            **config_as_installed(),
+            "EXIT_HANDLER_NATS_URL": server.url,
+            "EXIT_HANDLER_SUBJECT": subject,
             "EXIT_HANDLER_CLOCK_SKEW": "0",  # this test's runs are a second apart
         }
-        with Subscriber(server.url, subject, token="eventbus-t0ken") as subscriber:
-            done = subprocess.run(
-                command, env=environment, capture_output=True, text=True, check=False, timeout=60
-            )
+        command, env = argo_runs_the_exit_handler(
+            our_step(workflow), variables, config, tmp_path, {"kfp-exit-handler-nats": secret}
+        )
+        with Subscriber(server.url, subject, token=token) as subscriber:
+            done = run_in_pod(command, env)
             received = subscriber.wait_for(1)
     assert done.returncode == 0, done.stderr
     assert len(received) == 1
@@ -238,6 +306,182 @@ def test_the_workflow_template_as_argo_runs_it(
     assert body["outputParameters"] == {"accuracy": "0.93"}
     # The ConfigMap asks for JSON logs: one object a line.
     assert json.loads(done.stderr.splitlines()[-1])["level"] == "info"
+
+
+def backstop(kind: str) -> list[dict[str, Any]]:
+    return [m for m in kustomized(MANIFESTS / "backstop") if m["kind"] == kind]
+
+
+def granted(service_account: dict[str, Any], namespace: str) -> set[tuple[str, str]]:
+    """(resource, verb) pairs that the backstop's RoleBindings give an account in a namespace."""
+    roles = {
+        r["metadata"]["name"]: r
+        for r in backstop("Role")
+        if r["metadata"]["namespace"] == namespace
+    }
+    account = {
+        "kind": "ServiceAccount",
+        **{k: service_account["metadata"][k] for k in ("name", "namespace")},
+    }
+    return {
+        (resource, verb)
+        for binding in backstop("RoleBinding")
+        if binding["metadata"]["namespace"] == namespace and account in binding["subjects"]
+        for rule in roles[binding["roleRef"]["name"]]["rules"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def test_the_backstop_ships_its_bus_identities_and_permissions() -> None:
+    bus = event_bus()["metadata"]
+    accounts = {a["metadata"]["name"]: a for a in backstop("ServiceAccount")}
+    ((source,), (sensor,)) = backstop("EventSource"), backstop("Sensor")
+    for manifest in (source, sensor):
+        # Argo Events finds the bus by name in the object's own namespace: "default" is absent.
+        assert manifest["spec"]["eventBusName"] == bus["name"]
+        assert manifest["metadata"]["namespace"] == bus["namespace"]
+        account = accounts[manifest["spec"]["template"]["serviceAccountName"]]
+        assert account["metadata"]["namespace"] == bus["namespace"]
+    (watched,) = source["spec"]["resource"].values()
+    watcher = accounts[source["spec"]["template"]["serviceAccountName"]]
+    # A resource EventSource runs an informer: list and watch.
+    assert {("workflows", "list"), ("workflows", "watch")} <= granted(watcher, watched["namespace"])
+    (trigger,) = sensor["spec"]["triggers"]
+    submitted = trigger["template"]["argoWorkflow"]["source"]["resource"]
+    submitter = accounts[sensor["spec"]["template"]["serviceAccountName"]]
+    # `argo submit` validates (reading the WorkflowTemplate it references) and creates; the
+    # trigger then lists workflows by label.
+    assert {
+        ("workflows", "create"),
+        ("workflows", "list"),
+        ("workflowtemplates", "get"),
+    } <= granted(submitter, submitted["metadata"]["namespace"])
+    assert submitted["metadata"]["namespace"] == watched["namespace"] == PIPELINES_NAMESPACE
+
+
+def set_path(document: dict[str, Any], path: str, value: str) -> None:
+    """An Argo Events parameter `dest` (sjson path) whose every step already exists."""
+    *parents, last = path.split(".")
+    node: Any = document
+    for key in parents:
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    assert (int(last) < len(node)) if isinstance(node, list) else last in node, path
+    node[int(last) if isinstance(node, list) else last] = value
+
+
+def lookup(document: Any, path: str) -> Any:
+    """A gjson `dataKey` of plain keys and array indexes; KeyError/IndexError when absent."""
+    for key in path.split("."):
+        document = document[int(key)] if isinstance(document, list) else document[key]
+    return document
+
+
+def test_the_backstop_publishes_for_a_terminated_run_on_a_token_eventbus(
+    tmp_path: Path, subject: str
+) -> None:
+    (sensor,) = backstop("Sensor")
+    (trigger,) = sensor["spec"]["triggers"]
+    submit = trigger["template"]["argoWorkflow"]
+    workflow = json.loads(json.dumps(submit["source"]["resource"]))
+    validate(workflow)
+    ended = {  # the resource EventSource's event: the Workflow object as `body`
+        "type": "UPDATE",
+        "body": {
+            "metadata": {
+                "name": "penguin-pipeline-x7k2p",
+                "namespace": PIPELINES_NAMESPACE,
+                "uid": "5b1f7a2c-uid",
+                "creationTimestamp": "2026-11-26T10:00:00Z",
+                "annotations": {"pipelines.kubeflow.org/pipeline_spec": '{"name": "penguin"}'},
+            },
+            "spec": {"entrypoint": "penguin-pipeline"},
+            "status": {"phase": "Failed", "message": "Stopped with strategy 'Terminate'"},
+        },
+    }
+    for parameter in submit["parameters"]:
+        source = parameter["src"]
+        # The pipeline name's Go template is argo-events' to render (conformance runs it).
+        value = lookup(ended, source["dataKey"]) if "dataKey" in source else "penguin"
+        set_path(workflow, parameter["dest"], value)
+    variables = {
+        f"workflow.parameters.{p['name']}": p["value"]
+        for p in workflow["spec"]["arguments"]["parameters"]
+    }
+    ((step,),) = next(
+        t["steps"]
+        for t in workflow["spec"]["templates"]
+        if t["name"] == workflow["spec"]["entrypoint"]
+    )
+    token = eventbus_token()
+    with NatsServer(token=token, jetstream=False) as server:
+        config = {
+            **config_as_installed(),
+            "EXIT_HANDLER_NATS_URL": server.url,
+            "EXIT_HANDLER_SUBJECT": subject,
+        }
+        secret = {"kfp-exit-handler-nats": eventbus_secret(tmp_path, token)}
+        command, env = argo_runs_the_exit_handler(step, variables, config, tmp_path, secret)
+        with Subscriber(server.url, subject, token=token) as subscriber:
+            done = run_in_pod(command, env)
+            received = subscriber.wait_for(1)
+    assert done.returncode == 0, done.stderr
+    (message,) = received
+    body = json.loads(message.data)
+    assert body["status"] == "failed"
+    assert (body["workflowName"], body["pipelineName"]) == ("penguin-pipeline-x7k2p", "penguin")
+    assert body["runStartTime"] == "2026-11-26T10:00:00Z"
+
+
+def test_the_readme_token_recipe_hands_the_eventsource_the_bare_token(tmp_path: Path) -> None:
+    readme = (REPO / "README.md").read_text()
+    (secret_name, key, command) = re.findall(
+        r'create secret generic (\S+) \\\n\s*--from-literal=(\w+)="\$\((.+)\)"', readme
+    )[0]
+    ((source,),) = [documents(MANIFESTS / "events" / "eventsource.yaml")]
+    wanted = source["spec"]["nats"]["run-completion"]["auth"]["token"]
+    assert wanted == {"name": secret_name, "key": key}
+    token = eventbus_token()
+    (tmp_path / "client-auth").write_text(eventbus_client_auth(token))
+    done = subprocess.run(
+        ["/bin/sh", "-c", command], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    presented = done.stdout.rstrip("\n")  # what $(...) leaves
+    assert presented == token
+    with (
+        NatsServer(token=token, jetstream=False) as server,
+        Subscriber(server.url, "events", token=presented),
+    ):
+        pass  # the server accepted the EventSource's token
+
+
+@pytest.mark.parametrize(
+    ("sensor_file", "mode"), [("sensor.yaml", "binary"), ("sensor-structured.yaml", "structured")]
+)
+def test_sensor_trigger_parameters_resolve_for_a_run_that_pushed_nothing(
+    sensor_file: str, mode: str
+) -> None:
+    """Argo Events fails a trigger whose dataKey is absent and has no `value` default."""
+    result = run_handler(
+        *base_args("events", "nats://127.0.0.1:1"), f"--content-mode={mode}", "--dry-run"
+    )
+    assert result.status == 0, result.stderr
+    wire = json.loads(result.stdout)
+    event = {
+        "header": {name: [value] for name, value in wire["headers"].items()},
+        "body": json.loads(wire["payload"]),
+    }
+    (sensor,) = documents(MANIFESTS / "events" / sensor_file)
+    checked = 0
+    for trigger in sensor["spec"]["triggers"]:
+        for parameter in trigger["template"]["http"]["payload"]:
+            source = parameter["src"]
+            try:
+                lookup(event, source["dataKey"])
+            except (KeyError, IndexError):
+                assert "value" in source, f"{sensor_file}: {source['dataKey']} has no default"
+                checked += 1
+    assert checked, "a succeeded run that pushed nothing lacks servingModelArtifacts.0"
 
 
 def test_hadolint_passes_on_the_dockerfile(tmp_path: Path) -> None:

@@ -18,7 +18,13 @@ from nats_auth import (
     nkey_server_config,
 )
 
-from exit_handler.testing import NatsServer, Subscriber, free_port
+from exit_handler.testing import (
+    NatsServer,
+    Subscriber,
+    eventbus_client_auth,
+    free_port,
+    jetstream_client_auth,
+)
 
 SUBJECT = "events"
 
@@ -107,7 +113,10 @@ def test_wrong_password_from_the_environment_is_refused(password_server: NatsSer
 
 @pytest.mark.parametrize(
     ("secret", "server_kind"),
-    [("token: s3cr3t-t0ken\n", "token"), ("username: alice\npassword: pa55-w0rd\n", "password")],
+    [
+        (eventbus_client_auth("s3cr3t-t0ken"), "token"),
+        (jetstream_client_auth("alice", "pa55-w0rd"), "password"),
+    ],
 )
 def test_argo_events_eventbus_secret(
     token_server: NatsServer,

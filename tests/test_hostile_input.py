@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import run_handler
 
-from exit_handler.testing import NatsServer, Subscriber
+from exit_handler.testing import NatsServer, Subscriber, eventbus_client_auth
 
 GOOD = {
     "--status": "Succeeded",
@@ -183,7 +183,7 @@ def test_secrets_never_reach_stdout_stderr_or_the_event(
     password_file = tmp_path / "password"
     password_file.write_text("pa55-that-must-not-leak")
     secret_yaml = tmp_path / "auth.yaml"
-    secret_yaml.write_text(f"token: {token}\n")
+    secret_yaml.write_text(eventbus_client_auth(token))
     base = [
         "publish",
         *(f"{k}={v}" for k, v in GOOD.items()),
