@@ -8,9 +8,11 @@ the cost follows this run's pushes, not the pipeline's history.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import re
+import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -208,10 +210,16 @@ class RootLister:
         return objects
 
     def _call(self, request: Callable[[], T]) -> T:
-        """Run one listing, retrying transient GCS errors with backoff inside the deadline."""
+        """Run one listing, retrying transient GCS errors with backoff inside the deadline.
+
+        Every failure of the transport is transient, a response cut mid-body included:
+        exit 1 would not be retried by Argo and the event would be lost. Only a failed TLS
+        verification is not: retrying cannot make an untrusted certificate trusted.
+        """
         from google.api_core import exceptions as api
         from google.auth import exceptions as auth
-        from requests import exceptions as http
+        from requests import exceptions as web
+        from urllib3 import exceptions as pool
 
         def refused(err: BaseException) -> Refused:
             return Refused(
@@ -223,9 +231,15 @@ class RootLister:
         transient: tuple[type[BaseException], ...] = (
             api.TooManyRequests,
             api.ServerError,
-            auth.TransportError,
-            http.ConnectionError,
-            http.Timeout,
+            auth.TransportError,  # fetching the token: the same failures, wrapped
+            web.ConnectionError,  # resets, refused connections, proxies, TLS
+            web.Timeout,
+            web.ChunkedEncodingError,  # a body cut short of its Content-Length or last chunk
+            web.ContentDecodingError,  # a compressed body cut or garbled
+            web.JSONDecodeError,  # a body cut where only the connection's close ends it
+            # What requests wraps as the above, but some versions let through (psf/requests#2673).
+            pool.ProtocolError,
+            http.client.HTTPException,
             ConnectionError,
             TimeoutError,
         )
@@ -251,6 +265,12 @@ class RootLister:
                     f"bad input: --pipeline-root: GCS rejected {self.root}: {_reason(err)}"
                 ) from err
             except transient as err:
+                unverified = _unverified_tls(err)
+                if unverified is not None:
+                    raise Refused(
+                        f"GCS {self.root}: TLS verification failed ({unverified.verify_message}); "
+                        "a proxy that intercepts TLS needs its CA in REQUESTS_CA_BUNDLE"
+                    ) from err
                 last = err
                 log.info("GCS listing of %s failed (%s); retrying", self.root, _reason(err))
             delay = next(delays, None)
@@ -265,6 +285,19 @@ class RootLister:
 def _is_marker(blob: StoredObject) -> bool:
     """A zero-byte 'directory' object: what a Pusher that pushed nothing may leave."""
     return blob.size == 0 and blob.name.endswith("/")
+
+
+def _unverified_tls(err: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure under `err`, if that is what it is (requests
+    wraps urllib3, which wraps the ssl error)."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _reason(err: BaseException | None) -> str:

@@ -8,8 +8,9 @@ misbehave only when a test asks, so every other byte still comes from the real t
 Both run on loopback in threads of their own, use only the standard library, bound what they
 buffer, and stop within a few seconds even with requests hanging or clients still connected.
 
-* ``GcsFaultProxy``: an HTTP/1.1 reverse proxy with a queue of faults (an error status with
-  a GCS-style JSON body, a hang, a connection reset) consumed one per request, in order.
+* ``GcsFaultProxy``: an HTTP/1.1 reverse proxy, plain or TLS, with a queue of faults (an
+  error status with a GCS-style JSON body, a hang, a connection reset, a response cut
+  mid-body) consumed one per request, in order.
 * ``NatsProxy``: a TCP proxy that can rewrite the server's first ``INFO``, swallow
   server-to-client messages, cut every connection, and stop accepting new ones.
 """
@@ -20,7 +21,9 @@ import contextlib
 import http.client
 import json
 import socket
+import ssl
 import struct
+import sys
 import threading
 import urllib.parse
 from collections import deque
@@ -90,13 +93,18 @@ def _phrase(status: int) -> str:
         return "Error"
 
 
+Framing = Literal["length", "chunked", "close"]
+"""How a cut response announces its body: Content-Length, chunked, or until the close."""
+
+
 @dataclass(frozen=True)
 class _Fault:
-    kind: Literal["status", "hang", "reset"]
+    kind: Literal["status", "hang", "reset", "cut"]
     status: int = 0
     body: bytes = b""
     content_type: str = ""
     match: str | None = None
+    framing: Framing = "length"
 
 
 class _ProxyHttpServer(ThreadingHTTPServer):
@@ -107,6 +115,22 @@ class _ProxyHttpServer(ThreadingHTTPServer):
     def __init__(self, proxy: GcsFaultProxy, port: int) -> None:
         self.proxy = proxy
         super().__init__((_LOOPBACK, port), _GcsHandler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """With TLS, the handshake happens in the connection's own thread, on first read."""
+        connection, address = super().get_request()
+        if self.proxy._tls is None:
+            return connection, address
+        tls = self.proxy._tls.wrap_socket(
+            connection, server_side=True, do_handshake_on_connect=False
+        )
+        return tls, address
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Silent for TLS errors: a client that refuses our certificate aborts the handshake,
+        which is what the TLS tests want; anything else is printed as usual."""
+        if not isinstance(sys.exc_info()[1], ssl.SSLError):
+            super().handle_error(request, client_address)
 
     def shutdown_request(self, request: Any) -> None:
         """Close without the polite FIN of ``shutdown(SHUT_WR)`` when resetting, so the
@@ -154,8 +178,8 @@ class _GcsHandler(BaseHTTPRequestHandler):
             self._answer(400, gcs_error_body(400, f"proxy: {err}").encode(), "application/json")
             return
         fault = proxy._record(self.command, self.path)
-        if fault is None:
-            self._forward(body)
+        if fault is None or fault.kind == "cut":
+            self._forward(body, fault)
         elif fault.kind == "status":
             self._answer(fault.status, fault.body, fault.content_type)
         elif fault.kind == "hang":
@@ -187,9 +211,10 @@ class _GcsHandler(BaseHTTPRequestHandler):
             raise ValueError(f"bad Content-Length {length}")
         return self.rfile.read(length)
 
-    def _forward(self, body: bytes) -> None:
+    def _forward(self, body: bytes, cut: _Fault | None = None) -> None:
         """Send the request upstream on this connection's own keep-alive upstream
-        connection and relay the (fully buffered) response."""
+        connection and relay the (fully buffered) response; with ``cut``, relay only the
+        first half of its body, then close."""
         proxy = self.server.proxy
         for attempt in (1, 2):
             reused = self._upstream is not None
@@ -213,7 +238,7 @@ class _GcsHandler(BaseHTTPRequestHandler):
         no_body = self.command == "HEAD" or response.status in (204, 304) or response.status < 200
         self.send_response_only(response.status, response.reason)
         upstream_base = f"http://{proxy._upstream_netloc}/"
-        proxy_base = f"http://{_LOOPBACK}:{self.server.server_address[1]}/"
+        proxy_base = f"{proxy._scheme}://{_LOOPBACK}:{self.server.server_address[1]}/"
         for key, value in response.getheaders():
             lower = key.lower()
             if lower in _HOP_BY_HOP or (lower == "content-length" and not no_body):
@@ -222,12 +247,30 @@ class _GcsHandler(BaseHTTPRequestHandler):
                 self.send_header(key, proxy_base + value[len(upstream_base) :])
             else:
                 self.send_header(key, value)
+        if cut is not None:
+            self._send_cut(b"" if no_body else data, cut.framing)
+            return
         if not no_body:
             self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         proxy._count_forwarded()  # before the client can see the response, so tests can assert
         if not no_body:
             self.wfile.write(data)
+
+    def _send_cut(self, data: bytes, framing: Framing) -> None:
+        """End the headers, send the first half of ``data``, then close (FIN): what the
+        client sees when a load balancer or backend dies mid-response."""
+        part = data[: len(data) // 2]
+        self.close_connection = True
+        if framing == "length":
+            self.send_header("Content-Length", str(len(data)))
+        elif framing == "chunked":
+            self.send_header("Transfer-Encoding", "chunked")
+            part = b"%x\r\n%s\r\n" % (len(part), part) if part else b""  # no last chunk
+        else:  # the body ends where the connection does: the cut cannot be told apart
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(part)
 
     def _exchange(
         self, upstream: http.client.HTTPConnection, body: bytes
@@ -275,13 +318,17 @@ class GcsFaultProxy:
     later requests pass it too.
     """
 
-    def __init__(self, upstream_endpoint: str, *, port: int = 0) -> None:
+    def __init__(
+        self, upstream_endpoint: str, *, port: int = 0, tls: ssl.SSLContext | None = None
+    ) -> None:
+        """``tls``: serve HTTPS with this server-side context (the upstream stays HTTP)."""
         parsed = urllib.parse.urlsplit(upstream_endpoint)
         if parsed.scheme != "http" or parsed.hostname is None or parsed.port is None:
             raise ValueError(f"upstream must be http://HOST:PORT, not {upstream_endpoint!r}")
         self._upstream_host, self._upstream_port = parsed.hostname, parsed.port
         self._upstream_netloc = parsed.netloc
         self._requested_port = port
+        self._tls = tls
         self._lock = threading.Lock()
         self._faults: deque[_Fault] = deque()
         self._requests: list[tuple[str, str]] = []
@@ -319,6 +366,17 @@ class GcsFaultProxy:
         response), as a crashed load balancer does."""
         self._queue(count, _Fault("reset", match=match))
 
+    def cut_next(
+        self, count: int = 1, *, framing: Framing = "length", match: str | None = None
+    ) -> None:
+        """Forward the next ``count`` requests, then relay each response's headers and the
+        first half of its body and close the connection, as a load balancer or backend
+        that dies mid-response does.  ``framing``: the body is announced by its full
+        Content-Length (``length``), or sent as one chunk without the last, zero-size one
+        (``chunked``), or delimited by the close alone (``close``, as HTTP/1.0 servers do:
+        the client reads half a body as a whole one)."""
+        self._queue(count, _Fault("cut", match=match, framing=framing))
+
     def clear(self) -> None:
         """Drop the faults not yet spent."""
         with self._lock:
@@ -340,8 +398,9 @@ class GcsFaultProxy:
 
     @property
     def forwarded(self) -> int:
-        """Requests forwarded upstream and answered (counted just before the answer is
-        relayed, so a test that got its response can rely on the count)."""
+        """Requests forwarded upstream and answered whole, so not those ``cut_next`` cut
+        (counted just before the answer is relayed, so a test that got its response can
+        rely on the count)."""
         with self._lock:
             return self._forwarded
 
@@ -369,10 +428,15 @@ class GcsFaultProxy:
 
     @property
     def endpoint(self) -> str:
-        """Base URL for ``STORAGE_EMULATOR_HOST``, e.g. ``http://127.0.0.1:PORT``."""
-        return f"http://{_LOOPBACK}:{self.port}"
+        """Base URL for ``STORAGE_EMULATOR_HOST``, e.g. ``http://127.0.0.1:PORT``
+        (``https://`` with ``tls``)."""
+        return f"{self._scheme}://{_LOOPBACK}:{self.port}"
 
     url = endpoint  # the same, under the name NatsServer and NatsProxy use
+
+    @property
+    def _scheme(self) -> str:
+        return "http" if self._tls is None else "https"
 
     def start(self) -> None:
         """Listen on loopback and serve in a background thread."""

@@ -8,19 +8,25 @@ exception the product code has to handle and that everything else still passes t
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
+import ssl
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
 import requests
-from faults import GcsFaultProxy, NatsProxy, override_info
+import urllib3
+from faults import Framing, GcsFaultProxy, NatsProxy, override_info
 from google.api_core import exceptions as api
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats_auth import make_tls_files
 
 from exit_handler.testing import FakeGcsServer, NatsServer
 
@@ -211,6 +217,52 @@ def test_gcs_reset_raises_connection_error_from_a_reset(
     assert ConnectionResetError in causes(raised.value)
     assert listing(client, gcs_bucket) == TOP_LEVEL
     assert gcs_proxy.connections == 2
+
+
+@pytest.mark.parametrize(
+    ("framing", "error", "cause"),
+    [
+        # urllib3 counts the bytes against Content-Length (its IncompleteRead is http.client's)
+        ("length", requests.exceptions.ChunkedEncodingError, http.client.IncompleteRead),
+        # the chunk size line that should follow the chunk never comes
+        ("chunked", requests.exceptions.ChunkedEncodingError, urllib3.exceptions.ProtocolError),
+        # nothing says the body is short: only its JSON, half a document, shows the cut
+        ("close", requests.exceptions.JSONDecodeError, json.JSONDecodeError),
+    ],
+)
+def test_gcs_cut_mid_body_raises_what_a_real_cut_raises(
+    gcs_proxy: GcsFaultProxy,
+    gcs_bucket: str,
+    framing: Framing,
+    error: type[Exception],
+    cause: type[Exception],
+) -> None:
+    client = storage_client()
+    gcs_proxy.cut_next(framing=framing)
+    with pytest.raises(error) as raised:
+        listing(client, gcs_bucket)
+    assert type(raised.value) is error
+    assert any(issubclass(found, cause) for found in causes(raised.value))
+    assert listing(client, gcs_bucket) == TOP_LEVEL  # on a new connection: the cut closed it
+    assert (len(gcs_proxy.requests), gcs_proxy.forwarded, gcs_proxy.connections) == (2, 1, 2)
+
+
+def test_gcs_proxy_over_tls_is_refused_untrusted_and_forwards_trusted(
+    gcs_server: FakeGcsServer, gcs_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = make_tls_files(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(files.server_cert, files.server_key)
+    with GcsFaultProxy(gcs_server.endpoint, tls=context) as proxy:
+        assert proxy.endpoint.startswith("https://")
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.endpoint)
+        monkeypatch.setenv(BUCKET_METADATA_ENV, "1")
+        with pytest.raises(requests.exceptions.SSLError) as raised:
+            listing(storage_client(), gcs_bucket)
+        assert ssl.SSLCertVerificationError in causes(raised.value)
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(files.ca))
+        assert listing(storage_client(), gcs_bucket) == TOP_LEVEL
+        assert (len(proxy.requests), proxy.forwarded) == (1, 1)  # the handshake failed first
 
 
 def test_gcs_match_aims_a_fault_past_the_background_bucket_get(

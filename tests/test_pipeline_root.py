@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import ssl
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import base_args, run_handler, run_starts_now, upload_model
+from conftest import Result, base_args, run_handler, run_starts_now, upload_model
+from faults import Framing, GcsFaultProxy
+from nats_auth import make_tls_files
 
 from exit_handler.pipeline_root import PipelineRoot, version_order
-from exit_handler.testing import FakeGcsServer, NatsServer, write_gcs_seed
+from exit_handler.testing import FakeGcsServer, NatsServer, Subscriber, write_gcs_seed
 
 PUSHED = "penguin-pipeline/Pusher/pushed_model"
 
@@ -113,6 +118,118 @@ def test_missing_bucket_is_bad_input(nats_server: NatsServer, gcs: FakeGcsServer
     assert result.status == 2
     assert "--pipeline-root: bucket 'no-such-bucket-here' does not exist" in result.stderr
     assert result.stdout == ""
+
+
+def publish_through(
+    nats_server: NatsServer, bucket: str, created_at: str, timeout: int
+) -> tuple[Result, list[dict[str, object]]]:
+    """Run the handler for real (no --dry-run); return it and the events it published."""
+    subject = f"events.{uuid.uuid4().hex[:12]}"
+    with Subscriber(nats_server.url, subject) as subscriber:
+        result = run_handler(
+            *base_args(subject, nats_server.url),
+            f"--pipeline-root=gs://{bucket}/penguin-pipeline",
+            f"--created-at={created_at}",
+            "--clock-skew=0",
+            f"--timeout={timeout}",
+        )
+        received = subscriber.wait_for(1, timeout=5 if result.status == 0 else 0.3)
+    return result, [json.loads(message.data) for message in received]
+
+
+def locations(event: dict[str, object]) -> list[str]:
+    entries = event["servingModelArtifacts"]
+    assert isinstance(entries, list)
+    return [entry["location"] for entry in entries]
+
+
+@pytest.fixture
+def gcs_proxy(gcs: FakeGcsServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[GcsFaultProxy]:
+    """A fault-injecting proxy in front of the emulator, with the client pointed at it."""
+    with GcsFaultProxy(gcs.endpoint) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.endpoint)
+        yield proxy
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked", "close"])
+def test_listing_responses_cut_mid_body_are_retried_then_published(
+    nats_server: NatsServer,
+    gcs: FakeGcsServer,
+    bucket: str,
+    gcs_proxy: GcsFaultProxy,
+    framing: Framing,
+) -> None:
+    """Both listings (the prefixes, then the version's objects) lose their body twice."""
+    created_at = run_starts_now()
+    pushed = upload_model(gcs, bucket, PUSHED, "12")
+    gcs_proxy.cut_next(2, framing=framing)
+    gcs_proxy.cut_next(2, framing=framing, match="pushed_model%2F12%2F")
+    result, events = publish_through(nats_server, bucket, created_at, timeout=30)
+    assert result.status == 0, result.stderr
+    assert [locations(event) for event in events] == [[pushed]]
+    assert result.stderr.count("GCS listing of") == 4  # each cut logged, then retried
+    # Four cut, then the two listings whole: nothing else asked.
+    assert (len(gcs_proxy.requests), gcs_proxy.forwarded) == (6, 2)
+
+
+def test_listing_responses_cut_until_the_deadline_exit_3(
+    nats_server: NatsServer, bucket: str, gcs_proxy: GcsFaultProxy
+) -> None:
+    gcs_proxy.cut_next(1000)
+    started = time.monotonic()
+    result, events = publish_through(nats_server, bucket, "2026-11-26T10:00:00Z", timeout=4)
+    elapsed = time.monotonic() - started
+    assert result.status == 3, result.stderr
+    assert 4 <= elapsed < 8
+    assert events == []
+    line = result.stderr.strip().splitlines()[-1]
+    assert "did not answer the listing" in line
+    assert "before the deadline (4 s; last error:" in line
+    assert "IncompleteRead" in result.stderr  # each cut logged as it was retried
+    assert gcs_proxy.forwarded == 0
+
+
+@pytest.fixture
+def tls_proxy(
+    gcs: FakeGcsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[GcsFaultProxy, Path]]:
+    """The proxy serving HTTPS with a certificate of a private CA, and that CA's file;
+    the client is pointed at it but does not trust the CA yet."""
+    files = make_tls_files(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(files.server_cert, files.server_key)
+    with GcsFaultProxy(gcs.endpoint, tls=context) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.endpoint)
+        yield proxy, files.ca
+
+
+def test_listing_over_tls_with_the_ca_trusted(
+    nats_server: NatsServer,
+    gcs: FakeGcsServer,
+    bucket: str,
+    tls_proxy: tuple[GcsFaultProxy, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls_proxy[1]))
+    created_at = run_starts_now()
+    pushed = upload_model(gcs, bucket, PUSHED, "5")
+    result, events = publish_through(nats_server, bucket, created_at, timeout=30)
+    assert result.status == 0, result.stderr
+    assert [locations(event) for event in events] == [[pushed]]
+
+
+def test_an_untrusted_tls_certificate_exits_4_without_retrying(
+    nats_server: NatsServer, bucket: str, tls_proxy: tuple[GcsFaultProxy, Path]
+) -> None:
+    """A TLS error is a transport error, but waiting does not make a certificate trusted."""
+    result, events = publish_through(nats_server, bucket, "2026-11-26T10:00:00Z", timeout=30)
+    assert result.status == 4, result.stderr
+    assert events == []
+    assert "retrying" not in result.stderr
+    assert tls_proxy[0].requests == []  # the handshake failed: not one request was sent
+    line = result.stderr.strip().splitlines()[-1]
+    assert f"GCS gs://{bucket}/penguin-pipeline: TLS verification failed" in line
+    assert "REQUESTS_CA_BUNDLE" in line
 
 
 @pytest.fixture(scope="module")
