@@ -3,6 +3,11 @@
 Every attempt connects, chooses core or JetStream, publishes and confirms; a transient
 failure anywhere closes the connection and starts again with backoff, inside the one
 deadline. Every re-send carries the same `Nats-Msg-Id`, so a stream stores it once.
+
+Only a definite answer sends `auto` to core NATS: no stream covers the subject, the
+server has no JetStream, or JetStream is off for the account. A JetStream that is
+there but does not answer (a cluster without a meta leader, a timeout) is retried:
+a core publish would reach no stream and no one would acknowledge it.
 """
 
 from __future__ import annotations
@@ -10,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from exit_handler.deadline import Deadline, backoff
 from exit_handler.errors import BadInput, Refused, Unavailable
@@ -20,6 +25,7 @@ from exit_handler.wire import Message
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
+    from nats.js.errors import APIError
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +33,31 @@ DELIVERIES = ("auto", "core", "jetstream")
 ATTEMPT_TIMEOUT = 5.0
 _AUTH_ERRORS = ("authorization violation", "authentication", "user authentication expired")
 _PERMISSION_ERROR = "permissions violation"
+T = TypeVar("T")
+
+# The JetStream API errors a stream lookup or a publish can answer (nats-server's
+# server/errors.json and stream.go, v2.15), by err_code: (transient, what to do).
+# Transient ones are retried inside the deadline, then exit 3; the others are exit 2.
+# Kept in step with the table in README "### Delivery".
+_JS_ERRORS: dict[int, tuple[bool, str]] = {
+    10008: (True, "the JetStream cluster has no meta leader; bring a quorum of its servers up"),
+    10023: (True, "the server is out of JetStream resources; free or add storage"),
+    10028: (True, "JetStream memory is exhausted; raise max_mem or free memory"),
+    10047: (True, "JetStream storage is exhausted; raise max_file or free storage"),
+    10002: (True, "the account's JetStream limits are reached; raise them or free space"),
+    10077: (True, "the stream is full and discards new messages; raise its limits"),
+    10060: (True, "another stream took the subject since the lookup; looking it up again"),
+    10063: (True, "the clustered stream is catching up; retrying"),
+    10158: (True, "the same event is being stored right now; retrying for its ack"),
+    10167: (True, "the stream is overloaded; retrying"),
+    10054: (False, "raise the stream's max_msg_size above the event's size"),
+    10097: (False, "the event's headers exceed 64 KiB; shorten the run's inputs"),
+    10109: (False, "a sealed stream takes no more messages; cover the subject by another"),
+}
+# A code this table does not know is retried: exit 3 leaves the event logged for replay
+# and lets Argo try again, where exit 2 would drop it.
+_UNKNOWN_JS_ERROR = (True, "an error this version does not know; retrying")
+_NO_JETSTREAM_FOR_ACCOUNT = 10039
 
 
 @dataclass(frozen=True)
@@ -48,6 +79,7 @@ class NatsSettings:
     servers: tuple[str, ...]
     subject: str
     delivery: str = "auto"
+    jetstream_domain: str | None = None
     auth: NatsAuth = field(default_factory=NatsAuth)
     tls_ca: str | None = None
     tls_cert: str | None = None
@@ -76,6 +108,23 @@ class Receipt:
 
 class _Retry(Exception):
     """A transient failure of one attempt: close, back off, try again."""
+
+
+class _ServerErrors:
+    """What the server reported through the error callback, in order.
+
+    A denied request is never answered: the server tells only the error callback, so
+    `denied` lets a waiting request stop at once instead of timing out.
+    """
+
+    def __init__(self) -> None:
+        self.seen: list[Exception] = []
+        self.denied = asyncio.Event()
+
+    async def add(self, err: Exception) -> None:
+        self.seen.append(err)
+        if _PERMISSION_ERROR in str(err).lower():
+            self.denied.set()
 
 
 def deliver(
@@ -114,7 +163,7 @@ async def _attempt(
 ) -> Receipt:
     from nats import errors as nats_errors
 
-    errors: list[Exception] = []
+    errors = _ServerErrors()
     nc = await _connect(settings, deadline, errors)
     try:
         message = prepare(nc.max_payload)
@@ -129,22 +178,21 @@ async def _attempt(
         stream = await _stream_for(nc, settings, deadline, errors)
         if stream is None:
             return await _publish_core(nc, message, deadline, errors)
-        return await _publish_jetstream(nc, message, stream, deadline)
+        return await _publish_jetstream(
+            nc, message, stream, deadline, domain=settings.jetstream_domain, errors=errors
+        )
     except (TimeoutError, OSError, nats_errors.Error) as err:
         # A lost connection or an unanswered request; but a permission violation
-        # reported meanwhile (a denied JetStream publish times out) is final.
+        # reported meanwhile is final.
         _raise_if_refused(err, errors)
         raise _Retry(_describe(err)) from err
     finally:
         await nc.close()
 
 
-async def _connect(settings: NatsSettings, deadline: Deadline, errors: list[Exception]) -> NATS:
+async def _connect(settings: NatsSettings, deadline: Deadline, errors: _ServerErrors) -> NATS:
     import nats
     from nats import errors as nats_errors
-
-    async def on_error(err: Exception) -> None:
-        errors.append(err)
 
     auth = settings.auth
     try:
@@ -156,7 +204,7 @@ async def _connect(settings: NatsSettings, deadline: Deadline, errors: list[Exce
             max_reconnect_attempts=1,
             reconnect_time_wait=0.05,
             connect_timeout=deadline.cap(ATTEMPT_TIMEOUT),
-            error_cb=on_error,
+            error_cb=errors.add,
             tls=settings.tls_context(),
             token=auth.token,
             user=auth.user,
@@ -182,7 +230,7 @@ def _supports_headers(nc: NATS) -> bool:
 
 
 async def _stream_for(
-    nc: NATS, settings: NatsSettings, deadline: Deadline, errors: list[Exception]
+    nc: NATS, settings: NatsSettings, deadline: Deadline, errors: _ServerErrors
 ) -> str | None:
     """The stream covering the subject, or None for core delivery (SPEC §7 `auto`)."""
     if settings.delivery == "core":
@@ -190,30 +238,44 @@ async def _stream_for(
     from nats import errors as nats_errors
     from nats.js import errors as js_errors
 
+    domain = settings.jetstream_domain
+    timeout = deadline.cap(ATTEMPT_TIMEOUT)
+    js = nc.jetstream(timeout=timeout, domain=domain)
+    where = f"JetStream stream lookup for subject {settings.subject!r}"
     reason: str
+    remedy = "enable JetStream for it"
     try:
-        js = nc.jetstream(timeout=deadline.cap(ATTEMPT_TIMEOUT))
-        return await js.find_stream_name_by_subject(settings.subject)
-    except js_errors.NotFoundError:
+        return await _unless_denied(
+            js.find_stream_name_by_subject(settings.subject), errors, _api_advice(domain)
+        )
+    except nats_errors.TimeoutError as err:
+        raise _Retry(f"{where}: JetStream did not answer within {timeout:.1f} s") from err
+    except js_errors.NotFoundError:  # nats-py's answer to an empty list of streams
         reason = f"no JetStream stream covers subject {settings.subject!r}"
-    except (nats_errors.NoRespondersError, js_errors.ServiceUnavailableError):
-        reason = "the server has no JetStream"
-    except nats_errors.TimeoutError:
-        if settings.delivery == "jetstream":
-            raise
-        denied = any(_PERMISSION_ERROR in str(err).lower() for err in errors)
-        reason = "no permission for the JetStream API" if denied else "JetStream did not answer"
-        log.warning("%s: publishing with core NATS", reason)
+        remedy = "create one"
+    except js_errors.APIError as err:
+        if err.code is None and err.err_code is None:  # nats-py's word for no responders
+            if domain is not None:
+                # A hub behind a leafnode link that is down looks the same as a wrong domain.
+                raise _Retry(
+                    f"no JetStream answered in domain {domain!r}; check --jetstream-domain "
+                    "and the leafnode link to that domain"
+                ) from err
+            reason = "the server has no JetStream"
+        elif err.err_code == _NO_JETSTREAM_FOR_ACCOUNT:
+            reason = "JetStream is not enabled for this account"
+        else:
+            raise _api_failure(err, where) from err
     if settings.delivery == "jetstream":
-        raise BadInput(f"--delivery jetstream: {reason}; create one, or use --delivery auto")
+        raise BadInput(f"--delivery jetstream: {reason}; {remedy}, or use --delivery auto")
     return None
 
 
 async def _publish_core(
-    nc: NATS, message: Message, deadline: Deadline, errors: list[Exception]
+    nc: NATS, message: Message, deadline: Deadline, errors: _ServerErrors
 ) -> Receipt:
     """Publish and flush; a permission violation reaches only the error callback."""
-    seen = len(errors)
+    seen = len(errors.seen)
     await nc.publish(message.subject, message.payload, headers=message.headers or None)
     # nats-py writes flush()'s PING straight to the socket while the PUB may still sit
     # in its buffer: the PONG could then return before the server saw the PUB, and a
@@ -221,7 +283,7 @@ async def _publish_core(
     while nc.pending_data_size and not deadline.expired():
         await asyncio.sleep(0.001)
     await nc.flush(timeout=deadline.cap(ATTEMPT_TIMEOUT))  # type: ignore[arg-type]  # float works
-    for err in errors[seen:]:
+    for err in errors.seen[seen:]:
         if _PERMISSION_ERROR in str(err).lower():
             raise Refused(
                 f"NATS refused to publish to {message.subject!r}: {_describe(err)}; "
@@ -231,33 +293,67 @@ async def _publish_core(
 
 
 async def _publish_jetstream(
-    nc: NATS, message: Message, stream: str, deadline: Deadline
+    nc: NATS,
+    message: Message,
+    stream: str,
+    deadline: Deadline,
+    *,
+    domain: str | None,
+    errors: _ServerErrors,
 ) -> Receipt:
     """Publish to the stream and wait for its ack; the caller retries on timeout."""
     from nats.js import errors as js_errors
 
-    js = nc.jetstream(timeout=deadline.cap(ATTEMPT_TIMEOUT))
+    js = nc.jetstream(timeout=deadline.cap(ATTEMPT_TIMEOUT), domain=domain)
+    publish = js.publish(
+        message.subject,
+        message.payload,
+        stream=stream,
+        headers=dict(message.headers),  # nats-py adds to the dict it is given
+    )
+    advice = f"grant the user publish permission on {message.subject!r} and subscribe on _INBOX.>"
     try:
-        ack = await js.publish(
-            message.subject,
-            message.payload,
-            stream=stream,
-            headers=dict(message.headers),  # nats-py adds to the dict it is given
-        )
+        ack = await _unless_denied(publish, errors, advice)
     except js_errors.NoStreamResponseError as err:
         raise _Retry(f"stream {stream!r} did not answer") from err
-    except js_errors.ServiceUnavailableError as err:
-        raise _Retry(f"stream {stream!r} is unavailable ({err.description})") from err
     except js_errors.APIError as err:
-        raise BadInput(
-            f"JetStream stream {stream!r} rejected the event: {err.description} "
-            f"(code {err.err_code})"
-        ) from err
+        raise _api_failure(err, f"JetStream stream {stream!r}") from err
     return Receipt("jetstream", ack.stream, ack.seq, bool(ack.duplicate))
 
 
-def _raise_if_refused(err: Exception, errors: list[Exception]) -> None:
-    for candidate in (err, *errors):
+async def _unless_denied(request: Awaitable[T], errors: _ServerErrors, advice: str) -> T:
+    """Await a request, unless the server denies it first (exit 4, not a timeout)."""
+    answer = asyncio.ensure_future(request)
+    denied = asyncio.ensure_future(errors.denied.wait())
+    try:
+        done, _ = await asyncio.wait((answer, denied), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        denied.cancel()
+        answer.cancel()  # nothing to cancel once answered
+    if answer in done:
+        return answer.result()
+    violation = next(e for e in errors.seen if _PERMISSION_ERROR in str(e).lower())
+    raise Refused(f"NATS refused a JetStream request: {_describe(violation)}; {advice}")
+
+
+def _api_advice(domain: str | None) -> str:
+    api = f"$JS.{domain}.API.>" if domain else "$JS.API.>"
+    return (
+        f"grant the user publish permission on {api} and subscribe on _INBOX.>, or use "
+        "--delivery core if no stream is meant to keep the event"
+    )
+
+
+def _api_failure(err: APIError, where: str) -> Exception:
+    """The exit a JetStream API error maps to: `_Retry` (exit 3 at the deadline) or exit 2."""
+    transient, advice = _JS_ERRORS.get(err.err_code or 0, _UNKNOWN_JS_ERROR)
+    description = err.description or type(err).__name__
+    text = f"{where}: {description} (JetStream error {err.err_code}); {advice}"
+    return _Retry(text) if transient else BadInput(text)
+
+
+def _raise_if_refused(err: Exception, errors: _ServerErrors) -> None:
+    for candidate in (err, *errors.seen):
         text = str(candidate).lower()
         if any(marker in text for marker in _AUTH_ERRORS):
             raise Refused(

@@ -30,6 +30,7 @@ MAX_FILE = 8 * 1024 * 1024
 MAX_SECRET = 64 * 1024
 _NEXT_ITEM = re.compile(r",(?=[A-Za-z0-9_][A-Za-z0-9_.-]*=)")
 _SUBJECT = re.compile(r"[^\s.*>]+(\.[^\s.*>]+)*")
+_TOKEN = re.compile(r"[^\s.*>]+")
 T = TypeVar("T")
 
 
@@ -78,6 +79,7 @@ def add_publish_options(parser: argparse.ArgumentParser) -> None:
     event.add_argument("--subject", help="default events")
     event.add_argument("--content-mode", help="binary (default) or structured")
     event.add_argument("--delivery", help="auto (default), core or jetstream")
+    event.add_argument("--jetstream-domain", help="the JetStream domain of the stream (leafnodes)")
     event.add_argument("--timeout", help="overall deadline in seconds, default 60")
     event.add_argument("--dry-run", action="store_true", default=None, help="print, do not publish")
     secrets = parser.add_argument_group("NATS authentication and TLS (secrets from files or env)")
@@ -214,6 +216,9 @@ def read_options(values: Mapping[str, Any], environ: Mapping[str, str]) -> Optio
             servers=check("--nats-url", lambda: _servers(get("nats_url") or DEFAULT_NATS_URL), ()),
             subject=check("--subject", lambda: _subject(get("subject") or "events"), "events"),
             delivery=check("--delivery", lambda: _choice(get("delivery"), DELIVERIES), "auto"),
+            jetstream_domain=check(
+                "--jetstream-domain", lambda: _domain(get("jetstream_domain")), None
+            ),
             auth=check("NATS authentication", lambda: _auth(values, environ), NatsAuth()),
             tls_ca=check("--nats-tls-ca", lambda: _file(get("nats_tls_ca")), None),
             tls_cert=check("--nats-tls-cert", lambda: _file(get("nats_tls_cert")), None),
@@ -291,6 +296,15 @@ def _word(text: str) -> str:
 def _subject(text: str) -> str:
     if len(text) > 255 or not _SUBJECT.fullmatch(text) or not text.isprintable():
         raise ValueError(f"{text[:40]!r} is not a NATS subject to publish to (no wildcards)")
+    return text
+
+
+def _domain(text: str | None) -> str | None:
+    """A JetStream domain is one subject token: it becomes `$JS.<domain>.API`."""
+    if not text:
+        return None
+    if len(text) > 255 or not _TOKEN.fullmatch(text) or not text.isprintable():
+        raise ValueError(f"{text[:40]!r} is not a JetStream domain (no spaces, dots or wildcards)")
     return text
 
 

@@ -274,6 +274,7 @@ class NatsServer(_ServerProcess):
     port: int = field(default_factory=free_port)
     jetstream: bool = True
     store_dir: Path | None = None  # JetStream storage; defaults to TEMPDIR/jetstream
+    jetstream_domain: str | None = None  # answers `$JS.<domain>.API` too, e.g. across leafnodes
     token: str | None = None
     user: str | None = None
     password: str | None = None
@@ -327,7 +328,10 @@ class NatsServer(_ServerProcess):
         lines = [f"listen: {_quote(f'{_LOOPBACK}:{self.port}')}"]
         if self.jetstream:
             store_dir = self.store_dir or self._workdir() / "jetstream"
-            lines.append(f"jetstream {{ store_dir: {_quote(store_dir)} }}")
+            settings = [f"store_dir: {_quote(store_dir)}"]
+            if self.jetstream_domain is not None:
+                settings.append(f"domain: {_quote(self.jetstream_domain)}")
+            lines.append(f"jetstream {{ {', '.join(settings)} }}")
         if self.token is not None:
             lines.append(f"authorization {{ token: {_quote(self.token)} }}")
         if self.user is not None and self.password is not None:
