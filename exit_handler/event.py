@@ -35,10 +35,14 @@ class Artifact:
 
 
 def event_id(run: Run) -> str:
-    """UUIDv5 over uid, status and the failures: a retried pod re-sends the same id."""
+    """UUIDv5 over uid, status and the failures: a retried pod re-sends the same id.
+
+    A cut list keeps a different subset in every exit pod (Argo walks a Go map), so its
+    id stands for "more failures than fit" instead: retries of one run still agree.
+    """
     failures = sorted(failure.identity() for failure in run.failures)
     canonical = json.dumps(failures, ensure_ascii=False, separators=(",", ":"))
-    digest = hashlib.sha256(canonical.encode()).hexdigest()
+    digest = "cut" if run.failures_cut else hashlib.sha256(canonical.encode()).hexdigest()
     return str(uuid.uuid5(ID_NAMESPACE, f"{run.workflow_uid}/{run.status}/{digest}"))
 
 

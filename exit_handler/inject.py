@@ -20,11 +20,15 @@ from typing import Any, TextIO
 from exit_handler.artifact_definitions import DefinitionError, parse_definition
 from exit_handler.errors import BadInput
 from exit_handler.pipeline_root import PipelineRoot
-from exit_handler.run import is_unicode
+from exit_handler.run import OUR_STEP, OWN_NODES, WRAPPER, is_unicode
 
-WRAPPER = "run-completion-exit-handler"
-OUR_STEP = "publish-run-completion"
 USER_STEP = "pipeline-exit-handler"
+# Bytes of `{{workflow.failures}}` passed on. Argo 3.2-3.5 put the resolved template, which
+# holds them twice (parameter and raw artifact), JSON-escaped into an environment variable
+# of every container, and Linux refuses one over 128 KiB (E2BIG): the pod never starts.
+# Escaping at most doubles Go-quoted text (only `"` and `\` grow), so the failures take at
+# most 4 x 24 KiB = 96 KiB, leaving 32 KiB for the rest (2.9 KB measured).
+FAILURES_BOUND = 24 * 1024
 ROOT_PARAMETERS = ("pipeline-root", "pipeline_root")
 MAX_INPUT = 16 * 1024 * 1024
 _ARGO_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
@@ -70,8 +74,7 @@ def inject(workflow: dict[str, Any], options: InjectOptions) -> dict[str, Any]:
         templates.remove(wrapper)
     elif previous is not None and previous not in names:
         raise BadInput(f"bad input: spec.onExit names template {previous!r}, which is not defined")
-    if WRAPPER in {template.get("name") for template in templates}:
-        raise BadInput(f"bad input: the workflow already has a template named {WRAPPER!r}")
+    _check_own_names_free(templates)
     parameters = _workflow_parameters(spec)
     steps = [_our_step(workflow, parameters, options)]
     if previous is not None:
@@ -101,6 +104,27 @@ def _check_workflow(workflow: object) -> None:
         raise BadInput("bad input: every entry of spec.templates needs a name")
     if not isinstance(spec.get("entrypoint"), str):
         raise BadInput("bad input: the Workflow has no spec.entrypoint")
+
+
+def _check_own_names_free(templates: list[dict[str, Any]]) -> None:
+    """The exit handler's own nodes are known by these names (run.py): a pipeline node
+    bearing one would be taken for ours and vanish from `failures` and the event id."""
+    for template in templates:
+        dag = template.get("dag")
+        named = [
+            ("template", template),
+            *(("step", step) for group in template.get("steps") or [] for step in group or []),
+            *(
+                ("task", task)
+                for task in (dag.get("tasks") if isinstance(dag, dict) else None) or []
+            ),
+        ]
+        for kind, node in named:
+            if isinstance(node, dict) and node.get("name") in OWN_NODES:
+                raise BadInput(
+                    f"bad input: the workflow already has a {kind} named {node['name']!r}, a "
+                    "name of the exit handler's own nodes; rename it"
+                )
 
 
 def _workflow_parameters(spec: dict[str, Any]) -> list[str]:
@@ -146,12 +170,13 @@ def _our_step(
         "workflow-uid": "{{workflow.uid}}",
         "namespace": "{{workflow.namespace}}",
         "created-at": "{{workflow.creationTimestamp}}",
-        "failures": "{{workflow.failures}}",
+        # Argo's expression: a byte prefix that decode_failures reads up to the last whole entry.
+        "failures": f"{{{{=sprig.trunc({FAILURES_BOUND}, workflow.failures)}}}}",
         # KFP rewrites this text to its run id when it submits the run.
         "run-id": "{{workflow.uid}}",
         "pipeline-name": _checked_name(pipeline_name(workflow)),
         "pipeline-root": root,
-        "exit-templates": f"{options.template},{WRAPPER},{OUR_STEP}",
+        "exit-templates": ",".join(OWN_NODES),
         "provider": options.provider,
         "artifacts": json.dumps([{"name": n, "path": p} for n, p in options.artifacts])
         if options.artifacts

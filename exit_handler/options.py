@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from exit_handler.delivery import DELIVERIES, NatsAuth, NatsSettings
 from exit_handler.errors import BadInput, InvalidFields
 from exit_handler.pipeline_root import PipelineRoot, check_segment
-from exit_handler.run import Run, RunText, read_run
+from exit_handler.run import OWN_NODES, Run, RunText, read_run
 from exit_handler.wire import CONTENT_MODES
 
 if TYPE_CHECKING:
@@ -58,7 +58,11 @@ def add_publish_options(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--pipeline-root", help="gs://bucket/path; none: empty artifact lists")
     run.add_argument("--failures", help="{{workflow.failures}} (JSON quoted twice, or null)")
     run.add_argument("--failures-file", help="a file holding {{workflow.failures}}")
-    run.add_argument("--exit-templates", help="templates of the exit handler's own nodes")
+    run.add_argument(
+        "--exit-templates",
+        help="template or step names of the exit handler's own nodes, ignored among the failures; "
+        f"default {','.join(OWN_NODES)} (what inject names them)",
+    )
     run.add_argument(
         "--output-parameter",
         action="append",
@@ -184,7 +188,7 @@ def read_options(values: Mapping[str, Any], environ: Mapping[str, str]) -> Optio
                 run_name=get("run_name"),
                 run_configuration_name=get("run_configuration_name"),
                 failures=failures[1] if failures else None,
-                exit_templates=_list(get("exit_templates")) or ("publish",),
+                exit_templates=_list(get("exit_templates")) or OWN_NODES,
                 output_parameters=tuple(get("output_parameter") or ()),
             )
         )

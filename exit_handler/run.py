@@ -7,12 +7,21 @@ validated `Run`. Every bad field is gathered so that one error line names them a
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from exit_handler.errors import InvalidFields
 
+log = logging.getLogger(__name__)
+
+# The names `exit-handler inject` gives the exit handler's own nodes: the onExit wrapper
+# template, and the step in it that calls the WorkflowTemplate by templateRef (§2.2).
+WRAPPER = "run-completion-exit-handler"
+OUR_STEP = "publish-run-completion"
+OWN_NODES = (WRAPPER, OUR_STEP)
 STATUSES = {"Succeeded": "succeeded", "Failed": "failed", "Error": "failed"}
 MAX_FAILURES_IN_EVENT = 20
 MAX_FAILURE_MESSAGE = 1000
@@ -23,6 +32,24 @@ MAX_PARAMETER_VALUE = 64 * 1024
 _PARAMETER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _RETRY_SUFFIX = re.compile(r"\(\d+\)$")
 _FAILURE_KEYS = ("displayName", "templateName", "phase", "message", "finishedAt")
+_JSON_SPACE = " \t\n\r"
+# A Go interpreted string literal, as strconv.Quote writes it and strconv.Unquote reads it.
+_GO_ESCAPE = r'\\(?:[abfnrtv\\"]|x[0-9a-fA-F]{2}|[0-7]{3}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8})'
+_GO_ESCAPES = re.compile(_GO_ESCAPE)
+_GO_BODY = re.compile(rf'(?:[^"\\\n]++|{_GO_ESCAPE})*+')
+_GO_CUT_ESCAPE = re.compile(r"\\(?:x[0-9a-fA-F]?|[0-7]{0,2}|u[0-9a-fA-F]{0,3}|U[0-9a-fA-F]{0,7})")
+_GO_CONTROLS = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+# What a cut leaves of an entry: the start of a flat object of strings and nulls, the only
+# shape Go's json.Marshal gives a failed node.
+_JSON_CHARS = r'(?:[^"\\\x00-\x1f]++|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*+'
+_JSON_STRING = rf'"{_JSON_CHARS}"'
+_JSON_CUT_STRING = rf'"{_JSON_CHARS}(?:\\(?:u[0-9a-fA-F]{{0,3}})?)?'
+_JSON_MEMBER = rf"{_JSON_STRING}:(?:{_JSON_STRING}|null)"
+_CUT_ENTRY = re.compile(
+    rf"\{{(?:{_JSON_MEMBER},)*+"
+    rf"(?:{_JSON_MEMBER}|{_JSON_STRING}(?::(?:{_JSON_CUT_STRING}|n(?:ul?)?)?)?|{_JSON_CUT_STRING})?"
+)
 
 
 @dataclass(frozen=True)
@@ -35,15 +62,17 @@ class Failure:
     message: str = ""
     finished_at: str = ""
 
-    def is_exit_handler(self, exit_templates: tuple[str, ...]) -> bool:
+    def is_exit_handler(self, own_nodes: tuple[str, ...]) -> bool:
         """A node of the exit handler itself, e.g. a failed earlier attempt of this pod.
 
-        Argo leaves `templateName` empty on a node that a `templateRef` step created; for
-        those, the step's display name (without a retry's `(n)` suffix) counts instead.
+        The wrapper is a local template: its node carries its name. The step that calls the
+        WorkflowTemplate by `templateRef` carries an empty `templateName` before Argo 3.5 and
+        the referenced template's name (`publish`, which a pipeline may use too) from 3.5:
+        its display name, the step's name with `(n)` on each retry, is what identifies it.
         """
-        if self.template_name:
-            return self.template_name in exit_templates
-        return _RETRY_SUFFIX.sub("", self.display_name) in exit_templates
+        return (
+            self.template_name in own_nodes or _RETRY_SUFFIX.sub("", self.display_name) in own_nodes
+        )
 
     def identity(self) -> tuple[str, str, str, str]:
         """The part of a failure that identifies the outcome (the event id hashes it)."""
@@ -76,6 +105,8 @@ class Run:
     run_configuration_name: str | None = None
     # Argo's failures without the exit handler's own nodes, in Argo's order, untrimmed.
     failures: tuple[Failure, ...] = ()
+    # The list arrived cut at inject's bound: `failures` is an arbitrary subset of it.
+    failures_cut: bool = False
     output_parameters: dict[str, str] = field(default_factory=dict)
 
 
@@ -93,7 +124,8 @@ class RunText:
     run_name: str | None = None
     run_configuration_name: str | None = None
     failures: str | None = None
-    exit_templates: tuple[str, ...] = ("publish",)
+    # Template and step names of the exit handler's own nodes (`--exit-templates`).
+    exit_templates: tuple[str, ...] = OWN_NODES
     output_parameters: tuple[str, ...] = ()
 
 
@@ -120,10 +152,13 @@ def read_run(text: RunText) -> Run:
         except ValueError as err:
             problems.append(f"--created-at: {err}")
     failures: tuple[Failure, ...] = ()
+    cut = False
     try:
+        decoded = decode_failures(text.failures)
+        cut = decoded.cut
         failures = tuple(
             failure
-            for failure in decode_failures(text.failures)
+            for failure in decoded.entries
             if not failure.is_exit_handler(text.exit_templates)
         )
     except ValueError as err:
@@ -131,6 +166,13 @@ def read_run(text: RunText) -> Run:
     parameters = _output_parameters(text.output_parameters, problems)
     if problems:
         raise InvalidFields(problems)
+    if cut:
+        log.warning(
+            "{{workflow.failures}} arrived cut at the size bound that inject puts on it "
+            "(more failed nodes than fit): kept the %d failed nodes that arrived whole; the "
+            "event shows only those and its id stands for any cut list of this run",
+            len(failures),
+        )
     return Run(
         status=status,
         pipeline_name=names["--pipeline-name"] or "",
@@ -142,6 +184,7 @@ def read_run(text: RunText) -> Run:
         run_name=names["--run-name"],
         run_configuration_name=names["--run-configuration-name"],
         failures=failures,
+        failures_cut=cut,
         output_parameters=parameters,
     )
 
@@ -187,24 +230,126 @@ def parse_timestamp(value: str) -> datetime:
     return parsed.astimezone(UTC)
 
 
-def decode_failures(text: str | None) -> list[Failure]:
-    """Decode `{{workflow.failures}}`: JSON that Argo quotes a second time, or `null`."""
+class DecodedFailures(NamedTuple):
+    """The entries of `{{workflow.failures}}`, and whether the list arrived cut short."""
+
+    entries: list[Failure]
+    cut: bool
+
+
+def decode_failures(text: str | None) -> DecodedFailures:
+    """Decode `{{workflow.failures}}`: JSON that Argo quotes a second time, or `null`.
+
+    Argo quotes with Go's strconv.Quote, which writes escapes that JSON does not know
+    (`\\x7f`, `\\U0001fae9`): the outer layer is read as JSON, else as a Go string literal.
+    Inject bounds the text with `sprig.trunc`, which cuts it anywhere, even inside an escape
+    or a character: of a cut list, the entries that arrived whole are kept.
+    """
     if not text:
-        return []
+        return DecodedFailures([], cut=False)
     if len(text) > MAX_FAILURES_TEXT:
         raise ValueError(f"larger than {MAX_FAILURES_TEXT} bytes")
     try:
-        value = json.loads(text)
-        if isinstance(value, str):
-            value = json.loads(value) if value.strip() else None
-    except (json.JSONDecodeError, RecursionError) as err:
-        reason = getattr(err, "msg", "nested too deeply")
-        raise ValueError(f"not the JSON that {{{{workflow.failures}}}} gives ({reason})") from None
+        value: object = json.loads(text)
+        cut = False
+    except json.JSONDecodeError as err:
+        quoted = text.lstrip(_JSON_SPACE)
+        if not quoted.startswith('"'):
+            raise ValueError(_not_failures(err.msg)) from None
+        value, cut = go_unquote(quoted)
+    except RecursionError:
+        raise ValueError(_not_failures("nested too deeply")) from None
+    if isinstance(value, str):
+        value, cut = _inner_list(value, cut)
     if value is None:
-        return []
+        return DecodedFailures([], cut)
     if not isinstance(value, list):
         raise ValueError(f"expected a JSON list of failed nodes, got {type(value).__name__}")
-    return [_failure(number, entry) for number, entry in enumerate(value, 1)]
+    return DecodedFailures([_failure(number, entry) for number, entry in enumerate(value, 1)], cut)
+
+
+def go_unquote(text: str) -> tuple[str, bool]:
+    """Read a Go interpreted string literal as strconv.Unquote does; also a cut one.
+
+    Returns the value and whether the closing quote is missing (JSON's whitespace may follow
+    it; a cut leaves none). The escapes build bytes (`\\xe2\\x82\\xac` is one character); bytes
+    that are not UTF-8 become U+FFFD one by one, as Go's encoding/json reads them.
+    """
+    if not text.startswith('"'):
+        raise ValueError(_not_failures("not a quoted string"))
+    end = _GO_BODY.match(text, 1).end()  # type: ignore[union-attr]  # `*+` always matches
+    rest = text[end:]
+    cut = not rest or bool(_GO_CUT_ESCAPE.fullmatch(rest))
+    if rest.rstrip(_JSON_SPACE) != '"' and not cut:
+        shown = json.dumps(rest[:12])
+        raise ValueError(_not_failures(f"invalid Go string literal at character {end}: {shown}"))
+    body = _GO_ESCAPES.sub(_go_escape, text[1:end])
+    try:
+        data = body.encode("utf-8", "surrogateescape")  # argv's undecodable bytes too
+    except UnicodeEncodeError:
+        raise ValueError(_not_failures("not valid Unicode")) from None
+    return _UNDECODABLE.sub("\ufffd", data.decode("utf-8", "surrogateescape")), cut
+
+
+def _go_escape(match: re.Match[str]) -> str:
+    """One escape: a character, or a byte (as surrogateescape writes one above 0x7f)."""
+    escape = match.group()
+    kind = escape[1]
+    if kind in _GO_CONTROLS:
+        return _GO_CONTROLS[kind]
+    if kind in '\\"':
+        return kind
+    if kind in "uU":
+        value = int(escape[2:], 16)
+        if 0xD800 <= value <= 0xDFFF or value > 0x10FFFF:
+            raise ValueError(_not_failures(f"{escape} is no Unicode character"))
+        return chr(value)
+    value = int(escape[2:], 16) if kind == "x" else int(escape[1:], 8)
+    if value > 0xFF:
+        raise ValueError(_not_failures(f"octal escape {escape} is above 255"))
+    return chr(value) if value < 0x80 else chr(0xDC00 + value)
+
+
+def _inner_list(text: str, cut: bool) -> tuple[object, bool]:
+    """The JSON inside the quotes, or the entries that a cut left whole (and `cut`)."""
+    if not text.strip(_JSON_SPACE):
+        return None, cut  # `""`, or a cut right after the opening quote
+    try:
+        return json.loads(text), False  # whole, even when only the closing quote was cut
+    except json.JSONDecodeError as err:
+        if not cut:
+            raise ValueError(_not_failures(err.msg)) from None
+    except RecursionError:
+        raise ValueError(_not_failures("nested too deeply")) from None
+    return _whole_entries(text), True
+
+
+def _whole_entries(text: str) -> list[object]:
+    """The entries of `[{…},{…},{…` before the cut; what follows must be a cut entry."""
+    if not text.startswith("["):
+        raise ValueError(_not_failures("expected a list"))
+    entries: list[object] = []
+    position = 1
+    decoder = json.JSONDecoder()
+    while position < len(text):
+        try:
+            entry, position = decoder.raw_decode(text, position)
+        except json.JSONDecodeError as err:
+            if _CUT_ENTRY.fullmatch(text, position):
+                break
+            raise ValueError(_not_failures(f"entry {len(entries) + 1}: {err.msg}")) from None
+        except RecursionError:
+            raise ValueError(_not_failures("nested too deeply")) from None
+        entries.append(entry)
+        if text.startswith(",", position):
+            position += 1
+        elif position < len(text):
+            raise ValueError(_not_failures(f"expected ',' after entry {len(entries)}"))
+    return entries
+
+
+def _not_failures(reason: str) -> str:
+    return f"not the JSON that {{{{workflow.failures}}}} gives ({reason})"
 
 
 def _failure(number: int, entry: object) -> Failure:

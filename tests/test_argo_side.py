@@ -16,8 +16,10 @@ import pytest
 import yaml
 from argo_models import SUPPORTED_KINDS, validate
 from conftest import base_args, run_handler, run_starts_now, upload_model
+from test_run import argo_cut
 
-from exit_handler.inject import OUR_STEP, WRAPPER, InjectOptions, inject
+from exit_handler.inject import InjectOptions, inject
+from exit_handler.run import OUR_STEP, WRAPPER
 from exit_handler.testing import (
     FakeGcsServer,
     NatsServer,
@@ -30,6 +32,7 @@ REPO = Path(__file__).parent.parent
 MANIFESTS = REPO / "workflow-templates"
 FIXTURES = Path(__file__).parent / "fixtures" / "workflows"
 VARIABLE = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
+ARGO_TRUNC = re.compile(r"=\s*sprig\.trunc\((\d+),\s*([\w.-]+)\)")
 
 
 def documents(path: Path) -> list[dict[str, Any]]:
@@ -141,6 +144,10 @@ def substitute(text: str, values: dict[str, str]) -> str:
     """Argo's `{{...}}` substitution; an unknown variable fails the test as it fails Argo."""
 
     def value(match: re.Match[str]) -> str:
+        bounded = ARGO_TRUNC.fullmatch(match.group(1))
+        if bounded:  # the one expression inject writes
+            assert bounded[2] in values, f"unresolved {match.group(0)}"
+            return argo_cut(values[bounded[2]], int(bounded[1]))
         assert match.group(1) in values, f"unresolved {match.group(0)}"
         return values[match.group(1)]
 

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import copy
+import errno
 import io
+import json
+import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +15,12 @@ import pytest
 import yaml
 from argo_models import validate
 from conftest import Result
+from test_argo_side import substitute, workflow_template
 
 from exit_handler.cli import main
-from exit_handler.inject import OUR_STEP, USER_STEP, WRAPPER, InjectOptions, inject
+from exit_handler.errors import BadInput
+from exit_handler.inject import FAILURES_BOUND, USER_STEP, InjectOptions, inject
+from exit_handler.run import OUR_STEP, WRAPPER, decode_failures
 
 FIXTURES = Path(__file__).parent / "fixtures" / "workflows"
 COMPILED = ["kfp_simple.yaml", "kfp_exit_handler.yaml", "kfp_no_root.yaml", "tfx_penguin.yaml"]
@@ -38,9 +45,13 @@ def wrapper(workflow: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
+def our_step(workflow: dict[str, Any]) -> dict[str, Any]:
+    step: dict[str, Any] = next(s for s in wrapper(workflow)["steps"][0] if s["name"] == OUR_STEP)
+    return step
+
+
 def our_arguments(workflow: dict[str, Any]) -> dict[str, str]:
-    step = next(s for s in wrapper(workflow)["steps"][0] if s["name"] == OUR_STEP)
-    return {p["name"]: p["value"] for p in step["arguments"]["parameters"]}
+    return {p["name"]: p["value"] for p in our_step(workflow)["arguments"]["parameters"]}
 
 
 @pytest.mark.parametrize("name", COMPILED)
@@ -51,10 +62,12 @@ def test_injected_workflows_validate_against_the_argo_model(name: str) -> None:
     validate(injected)
     arguments = our_arguments(injected)
     assert arguments["status"] == "{{workflow.status}}"
-    assert arguments["failures"] == "{{workflow.failures}}"
+    assert arguments["failures"] == f"{{{{=sprig.trunc({FAILURES_BOUND}, workflow.failures)}}}}"
     assert arguments["created-at"] == "{{workflow.creationTimestamp}}"
+    tags = [tag for value in arguments.values() for tag in re.findall(r"\{\{(.*?)\}\}", value)]
     assert all(
-        value.startswith("{{workflow.") or "{{" not in value for value in arguments.values()
+        re.fullmatch(r"workflow\.[\w.-]+|=sprig\.trunc\(\d+, workflow\.failures\)", tag)
+        for tag in tags
     ), "only {{workflow.*}} variables, which always resolve in an exit handler"
     # Nothing else of the pipeline changed.
     original_templates = original["spec"]["templates"]
@@ -149,7 +162,7 @@ def test_options_reach_the_step() -> None:
         {"name": "serving-model", "path": "Pusher:pushed_model:0[pushed == 1]"},
         {"name": "model", "path": "Trainer:model"},
     ]
-    assert arguments["exit-templates"] == f"publish,{WRAPPER},{OUR_STEP}"
+    assert arguments["exit-templates"] == f"{WRAPPER},{OUR_STEP}"
 
 
 SIMPLE = (FIXTURES / "kfp_simple.yaml").read_text()
@@ -227,3 +240,105 @@ def test_inputs_every_run_would_refuse_are_refused_now(
     assert result.status == 2, result.stderr
     assert fault in result.stderr
     assert result.stdout == ""
+
+
+def pipeline_using(kind: str, name: str) -> dict[str, Any]:
+    workflow = load("kfp_simple.yaml")
+    templates = workflow["spec"]["templates"]
+    dag = next(t for t in templates if "dag" in t)
+    if kind == "template":
+        templates.append({"name": name, "container": {"image": "alpine"}})
+    elif kind == "task":
+        dag["dag"]["tasks"][0]["name"] = name
+    else:
+        templates.append({"name": "steps", "steps": [[{"name": name, "template": dag["name"]}]]})
+    return workflow
+
+
+@pytest.mark.parametrize("name", [OUR_STEP, WRAPPER])
+@pytest.mark.parametrize("kind", ["template", "step", "task"])
+def test_a_pipeline_node_named_like_ours_is_refused(kind: str, name: str) -> None:
+    """The event drops nodes by these names: a pipeline's own would vanish from it."""
+    with pytest.raises(BadInput, match=f"already has a {kind} named '{name}'"):
+        inject(pipeline_using(kind, name), InjectOptions())
+
+
+def ordinary_failures(count: int, message: str = "Error (exit code 1)") -> str:
+    """{{workflow.failures}} for `count` failed TFX Trainer pods as operator.go writes it:
+    json.Marshal, then strconv.Quote (which quotes this ASCII text as JSON does)."""
+    nodes = [
+        {
+            "displayName": "trainer",
+            "message": message,
+            "templateName": "trainer",
+            "phase": "Failed",
+            "podName": f"penguin-pipeline-x7k2p-trainer-{1849502734 + 7919 * number:010d}",
+            "finishedAt": "2026-11-26T10:41:00Z",
+        }
+        for number in range(count)
+    ]
+    return json.dumps(json.dumps(nodes, separators=(",", ":")))
+
+
+def argo_template(step: dict[str, Any], failures: str) -> tuple[str, str]:
+    """(ARGO_TEMPLATE, the failures passed) for our exit pod. Argo 3.2-3.5 set ARGO_TEMPLATE
+    in every container (workflowpod.go): json.Marshal of the WorkflowTemplate's template with
+    the step's arguments resolved (steps.go) and its inputs substituted (ProcessArgs)."""
+    variables = {
+        "workflow.status": "Failed",
+        "workflow.name": "penguin-pipeline-x7k2p",
+        "workflow.uid": "3f2c9a8e-1b7d-4c55-9e0a-5d6f7a8b9c0d",
+        "workflow.namespace": "kubeflow",
+        "workflow.creationTimestamp": "2026-11-26T10:00:00Z",
+        "workflow.parameters.pipeline-root": "gs://ml-pipelines/tfx/penguin-pipeline",
+        "workflow.failures": failures,
+    }
+    passed = {p["name"]: substitute(p["value"], variables) for p in step["arguments"]["parameters"]}
+    (template,) = workflow_template()["spec"]["templates"]
+    for parameter in template["inputs"]["parameters"]:
+        parameter["value"] = passed.get(parameter["name"], parameter.get("value"))
+    inputs = {
+        f"inputs.parameters.{p['name']}": p["value"] for p in template["inputs"]["parameters"]
+    }
+
+    def resolved(node: object) -> object:
+        if isinstance(node, str):
+            return substitute(node, inputs)
+        if isinstance(node, list):
+            return [resolved(item) for item in node]
+        if isinstance(node, dict):
+            return {key: resolved(value) for key, value in node.items()}
+        return node
+
+    text = json.dumps(resolved(template), ensure_ascii=False, separators=(",", ":"))
+    return text, passed["failures"]
+
+
+def starts(template: str) -> bool:
+    """Whether a container with this ARGO_TEMPLATE starts: Linux refuses an environment
+    string over 128 KiB (MAX_ARG_STRLEN) with E2BIG when it execs the entrypoint."""
+    try:
+        subprocess.run(["/bin/true"], env={"ARGO_TEMPLATE": template}, check=True)
+    except OSError as err:
+        if err.errno != errno.E2BIG:
+            raise
+        return False
+    return True
+
+
+def test_the_exit_pod_starts_whatever_the_failure_count() -> None:
+    bounded = our_step(inject(load("tfx_penguin.yaml"), InjectOptions()))
+    unbounded = copy.deepcopy(bounded)
+    for parameter in unbounded["arguments"]["parameters"]:
+        if parameter["name"] == "failures":
+            parameter["value"] = "{{workflow.failures}}"
+    # Unbounded, the figure README gives: ~245 ordinary failures (Argo's Go code: 244 start).
+    assert starts(argo_template(unbounded, ordinary_failures(200))[0])
+    assert not starts(argo_template(unbounded, ordinary_failures(250))[0])
+    assert not starts(argo_template(unbounded, ordinary_failures(10_000))[0])
+    env, passed = argo_template(bounded, ordinary_failures(10_000))
+    assert starts(env)
+    assert len(passed.encode()) == FAILURES_BOUND
+    assert decode_failures(passed) == (decode_failures(ordinary_failures(114)).entries, True)
+    # The worst escaping: a message of backslashes doubles twice, in both copies.
+    assert starts(argo_template(bounded, ordinary_failures(100, "\\" * 3000))[0])

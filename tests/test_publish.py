@@ -143,7 +143,8 @@ def test_failed_run_carries_failures(nats_server: NatsServer, subject: str) -> N
             "podName": "p-1",
             "finishedAt": "2026-11-26T10:41:00Z",
         },
-        {"displayName": "exit-handler", "templateName": "publish", "phase": "Error"},
+        # A failed earlier attempt of our own step, as Argo v3.5+ lists it.
+        {"displayName": "publish-run-completion(0)", "templateName": "publish", "phase": "Error"},
     ]
     args = [
         *base_args(subject, nats_server.url, status="Error"),
@@ -168,7 +169,8 @@ def test_failed_run_carries_failures(nats_server: NatsServer, subject: str) -> N
 
 def test_retried_pod_sends_the_same_id(nats_server: NatsServer, subject: str) -> None:
     """Argo lists the failed first attempt of the exit step itself; the id ignores it."""
-    own = json.dumps(json.dumps([{"templateName": "publish", "phase": "Failed", "message": "x"}]))
+    attempt = {"displayName": "publish-run-completion(0)", "phase": "Failed", "message": "x"}
+    own = json.dumps(json.dumps([attempt]))
     args = base_args(subject, nats_server.url, uid="uid-retry")
     with Subscriber(nats_server.url, subject) as subscriber:
         assert run_handler(*args, "--failures=null").status == 0

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 
 import pytest
+from conftest import run_handler
 
 from exit_handler.errors import InvalidFields
-from exit_handler.run import Failure, RunText, decode_failures, parse_timestamp, read_run
+from exit_handler.event import event_id
+from exit_handler.run import (
+    OUR_STEP,
+    WRAPPER,
+    Failure,
+    RunText,
+    decode_failures,
+    go_unquote,
+    parse_timestamp,
+    read_run,
+)
 
 ARGO_FAILURES = [
     {
@@ -20,6 +32,90 @@ ARGO_FAILURES = [
         "finishedAt": "2026-11-26T10:41:00Z",
     }
 ]
+
+# Real Go output, committed so that no test needs Go. GO_LITERALS: strconv.Quote (Go 1.26,
+# Unicode 15.0) of each value, and the value as Go's encoding/json reads it (a byte that is
+# not UTF-8 is U+FFFD). WORKFLOW_FAILURES: {{workflow.failures}} as Argo v3.4.17's
+# operator.go builds it, json.Marshal then strconv.Quote, for four failed nodes (json.Marshal
+# escapes the control characters first; \x7f and \U0001fae9 are strconv.Quote's). ARGO_CUTS:
+# Argo's own `{{=sprig.trunc(N, workflow.failures)}}` (util/template) at each N that splits a
+# character: the first N - K bytes, then K times U+FFFD.
+GO_LITERALS = [
+    ('"\\x1b[31mTrainer failed\\x1b[0m"', "\x1b[31mTrainer failed\x1b[0m"),
+    (
+        '"bell\\a vt\\v ff\\f bs\\b nul\\x00 del\\x7f"',
+        "bell\x07 vt\x0b ff\x0c bs\x08 nul\x00 del\x7f",
+    ),
+    (
+        '"bad \\xff\\xfe bytes, a cut \\xe2\\x82 euro, a whole € one"',
+        "bad \ufffd\ufffd bytes, a cut \ufffd\ufffd euro, a whole € one",
+    ),
+    ('"café, Grüße, 日本語"', "café, Grüße, 日本語"),
+    ('"line\\u2028separator\\u2029paragraph"', "line\u2028separator\u2029paragraph"),
+    ('"emoji 😀 and a newer one \\U0001fae9"', "emoji 😀 and a newer one \U0001fae9"),
+    (
+        '"quote \\" backslash \\\\ tab \\t newline \\n return \\r"',
+        'quote " backslash \\ tab \t newline \n return \r',
+    ),
+    (
+        '"private \\ue000 \\U000f0000 zero-width \\u200b bom \\ufeff next-line \\u0085"',
+        "private \ue000 \U000f0000 zero-width \u200b bom \ufeff next-line \x85",
+    ),
+]
+WORKFLOW_FAILURES = (
+    '"[{\\"displayName\\":\\"Trainer\\",'
+    '\\"message\\":\\"\\\\u001b[31mOOMKilled\\\\u001b[0m (exit code 137)\\",'
+    '\\"templateName\\":\\"trainer\\",\\"phase\\":\\"Failed\\",'
+    '\\"podName\\":\\"penguin-x7k2p-trainer-1849502734\\",'
+    '\\"finishedAt\\":\\"2026-11-26T10:41:00Z\\"},'
+    '{\\"displayName\\":\\"Evaluator\\",'
+    '\\"message\\":\\"metric below threshold\\\\u0007\\\\u000b: del \\x7f,'
+    ' bad \\\\ufffd byte\\",\\"templateName\\":\\"evaluator\\",'
+    '\\"phase\\":\\"Failed\\",\\"podName\\":\\"penguin-x7k2p-evaluator-2214\\",'
+    '\\"finishedAt\\":\\"2026-11-26T10:41:00Z\\"},'
+    '{\\"displayName\\":\\"Pusher\\",'
+    '\\"message\\":\\"café ☃ 😀 \\U0001fae9 line\\\\u2028sep \\\\u003cb\\\\u003e\\\\'
+    'u0026amp;\\\\u003c/b\\\\u003e zw\\u200bsp\\",'
+    '\\"templateName\\":\\"pusher\\",\\"phase\\":\\"Error\\",'
+    '\\"podName\\":\\"penguin-x7k2p-pusher-77\\",'
+    '\\"finishedAt\\":\\"2026-11-26T10:41:00Z\\"},'
+    '{\\"displayName\\":\\"publish-run-completion(0)\\",'
+    '\\"message\\":\\"pod deleted\\",\\"templateName\\":\\"\\",'
+    '\\"phase\\":\\"Error\\",\\"podName\\":\\"penguin-x7k2p-publish-9\\",'
+    '\\"finishedAt\\":null}]"'
+)
+ARGO_CUTS = {529: 0, 530: 1, 532: 0, 533: 1, 534: 2, 536: 0, 537: 1, 538: 2, 539: 3, 931: 0}
+WORKFLOW_ENTRIES = [
+    Failure(
+        "Trainer",
+        "trainer",
+        "Failed",
+        "\x1b[31mOOMKilled\x1b[0m (exit code 137)",
+        "2026-11-26T10:41:00Z",
+    ),
+    Failure(
+        "Evaluator",
+        "evaluator",
+        "Failed",
+        "metric below threshold\a\v: del \x7f, bad \ufffd byte",
+        "2026-11-26T10:41:00Z",
+    ),
+    Failure(
+        "Pusher",
+        "pusher",
+        "Error",
+        "café ☃ 😀 \U0001fae9 line\u2028sep <b>&amp;</b> zw\u200bsp",
+        "2026-11-26T10:41:00Z",
+    ),
+    Failure(f"{OUR_STEP}(0)", "", "Error", "pod deleted"),
+]
+
+
+def argo_cut(text: str, limit: int) -> str:
+    """What Argo passes for `{{=sprig.trunc(limit, …)}}`: sprig keeps `limit` bytes, and
+    json.Marshal writes each byte of a character it split as U+FFFD."""
+    kept = text.encode()[:limit].decode("utf-8", "surrogateescape")
+    return re.sub("[\udc80-\udcff]", "\ufffd", kept)
 
 
 def run_text(**overrides: str | None) -> RunText:
@@ -42,25 +138,131 @@ def test_final_statuses_map_to_the_two_event_statuses(argo: str, event: str) -> 
 
 def test_failures_quoted_twice_as_argo_passes_them() -> None:
     twice = json.dumps(json.dumps(ARGO_FAILURES))
-    assert decode_failures(twice) == [
-        Failure("Trainer", "trainer", "Failed", "OOMKilled (exit code 137)", "2026-11-26T10:41:00Z")
-    ]
+    assert decode_failures(twice) == (
+        [
+            Failure(
+                "Trainer", "trainer", "Failed", "OOMKilled (exit code 137)", "2026-11-26T10:41:00Z"
+            )
+        ],
+        False,
+    )
 
 
 def test_failures_quoted_once_are_accepted_too() -> None:
-    assert decode_failures(json.dumps(ARGO_FAILURES))[0].display_name == "Trainer"
+    assert decode_failures(json.dumps(ARGO_FAILURES)).entries[0].display_name == "Trainer"
 
 
 @pytest.mark.parametrize("none", ["null", '"null"', "", None, "[]", '"[]"'])
 def test_no_failures(none: str | None) -> None:
-    assert decode_failures(none) == []
+    assert decode_failures(none) == ([], False)
+
+
+@pytest.mark.parametrize(("quoted", "value"), GO_LITERALS)
+def test_go_string_literals_read_as_strconv_unquote_reads_them(quoted: str, value: str) -> None:
+    assert go_unquote(quoted) == (value, False)
+
+
+@pytest.mark.parametrize(
+    "literal",
+    ['"\\\'"', '"\\q"', '"\\400"', '"\\ud800"', '"\\U00110000"', '"\\x4g"', '"a\nb"', '"a"b'],
+)
+def test_what_strconv_unquote_refuses_is_refused(literal: str) -> None:
+    """An escape of single quotes or of nothing, a byte above 255, a surrogate, a raw newline."""
+    with pytest.raises(ValueError, match=r"workflow\.failures"):
+        go_unquote(literal)
+
+
+def test_workflow_failures_with_escapes_json_does_not_know() -> None:
+    """A DEL or a character newer than Argo's Go in a message once lost the event (exit 2)."""
+    assert decode_failures(WORKFLOW_FAILURES) == (WORKFLOW_ENTRIES, False)
+
+
+def test_a_cut_list_keeps_exactly_the_entries_that_arrived_whole() -> None:
+    """Inject's bound may cut anywhere: inside an escape, a character, a key, a value."""
+    quoted = WORKFLOW_FAILURES.encode()
+    for limit, replaced in ARGO_CUTS.items():  # the emulation below is Argo's behaviour
+        assert argo_cut(WORKFLOW_FAILURES, limit) == (
+            quoted[: limit - replaced].decode() + "\ufffd" * replaced
+        )
+    ends = [match.end() for match in re.finditer(rb'\}(?=,\{\\"displayName|\]"$)', quoted)]
+    assert len(ends) == len(WORKFLOW_ENTRIES)
+    closed = quoted.rindex(b"]") + 1
+    for limit in range(1, len(quoted) + 1):
+        decoded = decode_failures(argo_cut(WORKFLOW_FAILURES, limit))
+        whole = sum(end <= limit for end in ends)
+        assert decoded == (WORKFLOW_ENTRIES[:whole], limit < closed), limit
+    # What follows the whole entries must be what a cut leaves of one.
+    for bad in (
+        '"[{\\"a\\":\\"b\\"},xyz',  # garbage between entries
+        '"[{\\"a\\":\\"b\\"}{',  # no comma
+        '"[{\\"a\\":1',  # a number: Go writes a failed node's values as strings or null
+        '"{\\"a\\":',  # not a list
+        '"[{\\"a\\":\\"\\\\q',  # a bad JSON escape
+        '"[' + "[" * 100_000,
+    ):
+        with pytest.raises(ValueError, match=r"workflow\.failures"):
+            decode_failures(bad)
+
+
+def test_a_cut_list_is_published_with_a_warning_that_says_what_was_kept() -> None:
+    cut = argo_cut(WORKFLOW_FAILURES, 600)  # inside the third entry
+    result = run_handler(
+        "publish",
+        "--status=Failed",
+        "--workflow-name=penguin-pipeline-x7k2p",
+        "--workflow-uid=uid-1",
+        "--pipeline-name=penguin-pipeline",
+        f"--failures={cut}",
+        "--dry-run",
+    )
+    assert result.status == 0, result.stderr
+    (warning,) = result.stderr.splitlines()
+    assert warning.startswith("exit-handler: WARNING: ")
+    assert "cut at the size bound" in warning
+    assert "kept the 2 failed nodes that arrived whole" in warning
+    payload = json.loads(str(result.dry_run["payload"]))
+    assert [failure["displayName"] for failure in payload["failures"]] == ["Trainer", "Evaluator"]
+
+
+def test_every_cut_of_one_run_gives_one_id_and_a_whole_list_another() -> None:
+    """Each exit pod attempt may keep another subset of a cut list (Argo walks a Go map)."""
+
+    def id_of(failures: str) -> str:
+        return event_id(read_run(run_text(status="Failed", failures=failures)))
+
+    early, late = id_of(argo_cut(WORKFLOW_FAILURES, 600)), id_of(argo_cut(WORKFLOW_FAILURES, 800))
+    assert early == late
+    assert id_of(WORKFLOW_FAILURES) != early
 
 
 def test_exit_handler_own_nodes_are_not_failures_of_the_run() -> None:
-    own = {"displayName": "exit-handler", "templateName": "publish", "phase": "Error"}
-    failures = json.dumps(json.dumps([*ARGO_FAILURES, own]))
+    """The onExit wrapper, and each attempt of our step: before Argo 3.5 its templateName is
+    empty (a templateRef step), from 3.5 it is the referenced template's."""
+    own = [
+        {"displayName": "penguin-x7k2p.onExit", "templateName": WRAPPER, "phase": "Failed"},
+        {"displayName": f"{OUR_STEP}(0)", "templateName": "", "phase": "Error"},
+        {"displayName": f"{OUR_STEP}(1)", "templateName": "publish", "phase": "Error"},
+        {"displayName": OUR_STEP, "templateName": "publish", "phase": "Failed"},
+    ]
+    failures = json.dumps(json.dumps([*ARGO_FAILURES, *own]))
     run = read_run(run_text(status="Failed", failures=failures))
     assert [failure.template_name for failure in run.failures] == ["trainer"]
+
+
+def test_a_pipeline_template_named_publish_stays_a_failure_and_counts_in_the_id() -> None:
+    """`--exit-templates` once always held `publish`: a pipeline's own step vanished."""
+    theirs = {
+        "displayName": "publish",
+        "templateName": "publish",
+        "phase": "Failed",
+        "message": "Error (exit code 1)",
+    }
+    ours = {"displayName": f"{OUR_STEP}(0)", "templateName": "", "phase": "Error"}
+    run = read_run(run_text(status="Failed", failures=json.dumps(json.dumps([theirs, ours]))))
+    assert run.failures == (Failure("publish", "publish", "Failed", "Error (exit code 1)"),)
+    without = read_run(run_text(status="Failed", failures=json.dumps(json.dumps([ours]))))
+    assert without.failures == ()
+    assert event_id(run) != event_id(without)
 
 
 def test_all_bad_fields_are_named_in_one_error() -> None:
@@ -83,13 +285,12 @@ def test_timestamps_are_rfc3339_with_an_offset() -> None:
             parse_timestamp(bad)
 
 
-def test_a_retried_exit_step_is_recognised_by_its_display_name() -> None:
-    """Argo leaves templateName empty on templateRef nodes; the step name remains."""
-    attempt = {"displayName": "publish-run-completion(0)", "templateName": "", "phase": "Error"}
-    failures = json.dumps(json.dumps([*ARGO_FAILURES, attempt]))
-    text = run_text(status="Failed", failures=failures)
+def test_other_exit_templates_can_be_named() -> None:
+    """Without inject, whoever calls the WorkflowTemplate names its own nodes."""
+    attempt = {"displayName": "notify(0)", "templateName": "", "phase": "Error"}
+    text = run_text(status="Failed", failures=json.dumps(json.dumps([*ARGO_FAILURES, attempt])))
     assert len(read_run(text).failures) == 2
-    wired = RunText(**{**text.__dict__, "exit_templates": ("publish", "publish-run-completion")})
+    wired = RunText(**{**text.__dict__, "exit_templates": ("notify",)})
     assert [failure.display_name for failure in read_run(wired).failures] == ["Trainer"]
 
 
