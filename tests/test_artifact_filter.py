@@ -1,6 +1,15 @@
-"""Unit tests of the go-bexpr-style filter language of Run Artifact Definitions (SPEC §4)."""
+"""Unit tests of the filter language of Run Artifact Definitions: go-bexpr's (SPEC §4).
+
+What go-bexpr itself does with each of these is checked by tests/test_conformance_bexpr.py,
+which sends every string literal of this file to the real go-bexpr; here are the intentions,
+the messages and the properties that need no Go.
+"""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+import time
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -10,6 +19,7 @@ from exit_handler.artifact_filter import (
     KEYWORDS,
     MAX_DEPTH,
     MAX_FILTER_LENGTH,
+    MAX_PARSE_STEPS,
     And,
     Expr,
     FilterEvaluationError,
@@ -20,19 +30,20 @@ from exit_handler.artifact_filter import (
     Value,
     evaluate,
     parse,
+    parse_steps,
     render,
 )
 
 # An artifact as the exit handler describes it to filters: a pushed Pusher output.
-PUSHED = {
+PUSHED: dict[str, object] = {
     "pushed": 1,
     "version": "1234",
     "uri": "gs://bucket/penguin/Pusher/pushed_model/1234",
     "component": "Pusher",
     "output": "pushed_model",
-    "metadata": {"blessed": "true", "model-version": "v2", "a.b": "dotted", "empty": ""},
+    "metadata": {"blessed": "true", "model-version": "v2", "a.b": "dotted", "empty": "", "é": "ü"},
 }
-NOT_PUSHED = {**PUSHED, "pushed": 0, "metadata": {}, "version": ""}
+NOT_PUSHED: dict[str, object] = {**PUSHED, "pushed": 0, "metadata": {}, "version": ""}
 
 
 def num(text: str) -> Value:
@@ -49,6 +60,12 @@ def word(text: str) -> Value:
 
 def eq(selector: str, value: Value) -> Match:
     return Match(tuple(selector.split(".")), "==", value)
+
+
+def nested(depth: int, shape: str, inner: str = "a == 1") -> str:
+    for _ in range(depth):
+        inner = shape % inner
+    return inner
 
 
 A, B, C = eq("a", num("1")), eq("b", num("2")), eq("c", num("3"))
@@ -68,11 +85,12 @@ A, B, C = eq("a", num("1")), eq("b", num("2")), eq("c", num("3"))
         ("uri not contains 12", Match(("uri",), "not contains", num("12"))),
         ('uri matches "^gs://"', Match(("uri",), "matches", string("^gs://"))),
         ("uri not matches `\\d$`", Match(("uri",), "not matches", string("\\d$"))),
+        ("uri matches gs", Match(("uri",), "matches", word("gs"))),
         ("version is empty", Match(("version",), "is empty", None)),
         ("metadata is not empty", Match(("metadata",), "is not empty", None)),
+        ("metadata.x is nil", Match(("metadata", "x"), "is nil", None)),
+        ("metadata.x is not nil", Match(("metadata", "x"), "is not nil", None)),
         ("metadata.blessed == true", Match(("metadata", "blessed"), "==", word("true"))),
-        ("metadata.model-version == v2", Match(("metadata", "model-version"), "==", word("v2"))),
-        ("_a.b_c.d-e == x", Match(("_a", "b_c", "d-e"), "==", word("x"))),
     ],
 )
 def test_every_operator(text: str, expected: Match) -> None:
@@ -80,20 +98,47 @@ def test_every_operator(text: str, expected: Match) -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "selector"),
+    [
+        ("a == 1", ("a",)),
+        ("A_b/c9 == 1", ("A_b/c9",)),
+        ("a.b.c == 1", ("a", "b", "c")),
+        ("metadata.1 == 1", ("metadata", "1")),
+        ("metadata.01 == 1", ("metadata", "01")),
+        ('metadata["model-version"] == 1', ("metadata", "model-version")),
+        ("metadata[ `a.b` ] == 1", ("metadata", "a.b")),
+        ('metadata["a"]["b"].c == 1', ("metadata", "a", "b", "c")),
+        ('"/metadata/model-version" == 1', ("metadata", "model-version")),
+        ('"/metadata/a~1b/c~0" == 1', ("metadata", "a/b", "c~")),
+        ('"" == 1', ("",)),
+        ("metadata.in == 1", ("metadata", "in")),
+    ],
+)
+def test_selectors(text: str, selector: tuple[str, ...]) -> None:
+    """go-bexpr's: names are [a-zA-Z][a-zA-Z0-9_/]*, other keys need ["..."] or a pointer."""
+    match = parse(text)
+    assert isinstance(match, Match)
+    assert match.selector == selector
+
+
+@pytest.mark.parametrize(
     ("text", "expected"),
     [
+        # go-bexpr groups to the right; and/or are associative, so the meaning is the same
         ("a == 1 or b == 2 and c == 3", Or(A, And(B, C))),
         ("a == 1 and b == 2 or c == 3", Or(And(A, B), C)),
         ("not a == 1 and b == 2", And(Not(A), B)),
         ("not a == 1 or b == 2", Or(Not(A), B)),
-        ("a == 1 or b == 2 or c == 3", Or(Or(A, B), C)),
-        ("a == 1 and b == 2 and c == 3", And(And(A, B), C)),
-        ("a == 1 or (b == 2 or c == 3)", Or(A, Or(B, C))),
+        ("a == 1 or b == 2 or c == 3", Or(A, Or(B, C))),
+        ("a == 1 and b == 2 and c == 3", And(A, And(B, C))),
+        ("(a == 1 or b == 2) or c == 3", Or(Or(A, B), C)),
         ("(a == 1 or b == 2) and c == 3", And(Or(A, B), C)),
         ("not (a == 1 and b == 2)", Not(And(A, B))),
-        ("not not a == 1", Not(Not(A))),
+        ("not not a == 1", A),  # go-bexpr drops double negations
+        ("not not not a == 1", Not(A)),
+        ("not (not a == 1)", A),
         ("((a == 1))", A),
-        ("(a==1)and(b==2)", And(A, B)),
+        ("( a==1 )", A),
         ("\ta == 1\n\r\nor b == 2 ", Or(A, B)),
     ],
 )
@@ -106,53 +151,82 @@ def test_precedence_and_parentheses(text: str, expected: Expr) -> None:
     [
         ('v == "plain"', string("plain")),
         ('v == ""', string("")),
-        (r'v == "a\"b"', string('a"b')),
-        (r'v == "back\\slash"', string("back\\slash")),
-        (r'v == "tab\tnew\nline"', string("tab\tnew\nline")),
+        ('v == "\\x22quoted\\x22"', string('"quoted"')),
+        ('v == "back\\\\slash"', string("back\\slash")),
+        ('v == "tab\\tnew\\nline"', string("tab\tnew\nline")),
+        ('v == "\\a\\b\\f\\r\\v"', string("\a\b\f\r\v")),
+        ('v == "\\101\\x42\\u0043\\U00000044"', string("ABCD")),
+        ('v == "\\xc3\\xa9"', string("é")),  # bytes, decoded as UTF-8
+        ('v == "\\xff"', string("\udcff")),  # a byte that is no UTF-8: equals no text
         ('v == "and or not ) ( == ]"', string("and or not ) ( == ]")),
         ('v == "ünïcødé ✓"', string("ünïcødé ✓")),
-        (r"v == `raw \d+ \" no escapes`", string(r"raw \d+ \" no escapes")),
+        ('v == `raw \\d+ \\" no escapes`', string('raw \\d+ \\" no escapes')),
         ("v == `multi\nline`", string("multi\nline")),
+        ("v == `cr\r\nlf`", string("cr\nlf")),  # Go drops \r from raw strings
         ("v == ``", string("")),
+        ('v == "/a/b"', string("a/b")),  # a JSON pointer: go-bexpr's value is its path, no "/"
+        ('v == "/a/"', string("/a/")),  # not a pointer (empty segment): a string
+        ('v == "\\x2fa"', string("/a")),
+        ('v == a["b c"]', string("a.b c")),  # a selector's text
         ("v == 0", num("0")),
         ("v == 1234", num("1234")),
         ("v == -1", num("-1")),
-        ("v == +2", num("+2")),
+        ("v == -0", num("-0")),
         ("v == 3.25", num("3.25")),
-        ("v == 007", num("007")),
         ("v == Pusher", word("Pusher")),
-        ("v == pushed_model-2", word("pushed_model-2")),
-        ("v == a.b", word("a.b")),
+        ("v == pushed_model", word("pushed_model")),
+        ("v == a.b.1", word("a.b.1")),
         ("v == AND", word("AND")),
-        ("v == True", word("True")),
+        ("v == empty", word("empty")),  # keywords are names where the grammar allows
+        ("v == or", word("or")),
     ],
 )
 def test_literals(text: str, value: Value) -> None:
     assert parse(text) == Match(("v",), "==", value)
 
 
-def test_keywords_are_lowercase_and_case_sensitive() -> None:
+def test_keywords_are_lowercase_and_only_where_the_grammar_tries_them() -> None:
     assert parse("NOT == AND") == Match(("NOT",), "==", word("AND"))
+    assert parse("not == 1") == Match(("not",), "==", num("1"))
+    assert parse("x in not") == Match(("not",), "in", word("x"))
+    assert parse("and in metadata") == Match(("metadata",), "in", word("and"))
+    assert {"and", "or", "not", "in", "is", "empty", "nil", "any", "all"} <= KEYWORDS
     with pytest.raises(FilterSyntaxError) as caught:
         parse("a == 1 AND b == 2")
     assert caught.value.position == 7
 
 
-def test_keyword_parts_of_a_dotted_selector_are_names() -> None:
-    assert parse("metadata.in == x") == Match(("metadata", "in"), "==", word("x"))
-
-
-def test_limits_are_inclusive() -> None:
+def test_limits() -> None:
     padding = MAX_FILTER_LENGTH - len('v == ""')
     assert parse('v == "' + "x" * padding + '"') == Match(("v",), "==", string("x" * padding))
-    deepest: Expr = A
-    for _ in range(MAX_DEPTH):
-        deepest = Not(deepest)
-    assert parse("not " * MAX_DEPTH + "a == 1") == deepest
-    nested = "(" * MAX_DEPTH + "a == 1" + ")" * MAX_DEPTH
-    assert parse(nested) == A
-    mixed = "not (" * (MAX_DEPTH // 2) + "a == 1" + ")" * (MAX_DEPTH // 2)
-    assert isinstance(parse(mixed), Not)
+    assert parse("not " * MAX_DEPTH + "a == 1") == A  # an even count: all dropped
+    # cheap for go-bexpr at any depth, so only our limit refuses it
+    shape = "(%s and a == 1 or a == 1)"
+    assert isinstance(parse("b == 1 and " + nested(MAX_DEPTH, shape)), And)
+    assert isinstance(parse(nested(MAX_DEPTH + 1, shape)), Or)  # a pair around all: no level
+    with pytest.raises(FilterSyntaxError, match="nests deeper than 32"):
+        parse("not " * (MAX_DEPTH + 1) + "a == 1")
+    with pytest.raises(FilterSyntaxError, match="nests deeper than 32"):
+        parse("b == 1 and " + nested(MAX_DEPTH + 1, shape))
+
+
+def test_go_bexprs_parse_budget_is_counted_like_its_parser() -> None:
+    """pigeon does not memoize: each of these parentheses multiplies its steps by four.
+
+    The counts are go-bexpr's own (``ExprCnt``, measured with WithMaxExpressions); go-bexpr
+    v0.1.15+ refuses a filter past 2,000,000 steps, and so do we.
+    """
+    assert parse_steps("pushed == 1") == 528
+    assert parse_steps("(pushed == 1)") == 535
+    assert parse_steps("((pushed == 1))") == 2183
+    assert parse_steps(nested(5, "(%s)", "pushed == 1")) == 140_615
+    assert parse_steps(nested(6, "(%s)", "pushed == 1")) < MAX_PARSE_STEPS
+    over = nested(7, "(%s)", "pushed == 1")
+    assert parse_steps(over, budget=10**9) > MAX_PARSE_STEPS
+    with pytest.raises(FilterSyntaxError, match="too complex: go-bexpr gives up after 2,000,000"):
+        parse(over)
+    # Linear shapes are cheap at any depth: go-bexpr takes them.
+    assert parse_steps(nested(30, "(%s and a == 1 or a == 1)")) < 30_000
 
 
 def test_error_string_names_the_column() -> None:
@@ -165,7 +239,7 @@ def test_error_string_names_the_column() -> None:
     assert isinstance(error, ValueError)
 
 
-# (filter, a fragment of the message, 1-based column)
+# (filter, a fragment of the message, 1-based column); go-bexpr refuses each (conformance).
 MALFORMED = [
     ("", "expected a match expression but found end of filter", 1),
     ("   ", "expected a match expression but found end of filter", 4),
@@ -179,47 +253,64 @@ MALFORMED = [
     ("(pushed == 1", "unbalanced '('", 1),
     ("((pushed == 1)", "unbalanced '('", 1),
     ("pushed == 1)", "unbalanced ')'", 12),
-    ("(pushed == 1 version == 2)", "expected 'and', 'or' or ')' but found 'version'", 14),
+    ("(pushed == 1 version == 2)", "expected 'and', 'or', ')' or end of filter but found", 14),
     ('version == "abc', "unterminated string", 12),
-    ('version == "a\nb"', "unterminated string", 12),
     ("version == `abc", "unterminated string", 12),
     ('version == "abc\\', "unterminated string", 12),
-    ('version == "a\\qb"', "unknown escape '\\q'", 14),
+    ('version == "a\nb"', "newline in a double-quoted string", 14),
+    ('version == "a\\qb"', "unknown or malformed escape '\\\\q'", 14),
+    ('version == "\\u12"', "unknown or malformed escape '\\\\u'", 13),
+    ('version == "\\ud800"', "unknown or malformed escape", 13),
+    ('version == "\\400"', "unknown or malformed escape", 13),
+    ('v == "say \\"hi\\""', "ends at the first '\"', even after a backslash", 11),
     ("version == 'abc'", "strings use double quotes or backticks", 12),
     ("pushed == 1 and", "expected a match expression after 'and' but found end of filter", 16),
-    ("pushed == 1 or or", "expected a match expression after 'or' but found 'or'", 16),
-    ("and pushed == 1", "expected a match expression but found 'and'", 1),
+    ("pushed == 1 or", "expected a match expression after 'or' but found end of filter", 15),
     ("not", "expected a match expression after 'not' but found end of filter", 4),
+    ("not(pushed == 1)", "'not' needs a blank before '('", 4),
+    ("(a == 1)and(b == 2)", "'and' needs a blank on each side", 9),
     ("()", "expected a match expression after '(' but found ')'", 2),
     ("pushed 1", "expected an operator", 8),
     ("pushed", "but found end of filter", 7),
-    ("pushed is", "expected 'empty' or 'not empty' after 'is' but found end of filter", 10),
-    ("pushed is full", "expected 'empty' or 'not empty' after 'is' but found 'full'", 11),
-    ("pushed is not", "expected 'empty' after 'is not' but found end of filter", 14),
-    ("pushed not 1", "expected 'contains' or 'matches' after 'not' but found '1'", 12),
-    ("uri matches abc", "expected a quoted regular expression after 'matches'", 13),
-    ("uri not matches 1", "expected a quoted regular expression after 'not matches'", 17),
-    ('uri matches "["', "invalid regular expression", 13),
-    ('uri matches "a{99999999999}"', "invalid regular expression", 13),
-    ('uri matches "' + "(" * 500 + ")" * 500 + '"', "invalid regular expression", 13),
+    ("pushed is", "expected 'empty', 'not empty', 'nil' or 'not nil' after 'is'", 10),
+    ("pushed is full", "expected 'empty', 'not empty', 'nil' or 'not nil' after 'is'", 11),
+    ("pushed is not", "expected 'empty' or 'nil' after 'is not'", 14),
+    ("pushed not 1", "expected 'in', 'contains' or 'matches' after 'not' but found '1'", 12),
+    ("uri contains", "expected a value after 'contains'", 13),
+    ("uri matches", "expected a pattern after 'matches'", 12),
+    ('uri contains"x"', "expected a blank after 'contains'", 13),
     ('"x" == uri', "expected 'in' or 'not in' after a value but found '=='", 5),
     ("1 in 2", "expected a selector after 'in' but found '2'", 6),
-    ('x not in "y"', "expected a selector after 'not in' but found '\"y\"'", 10),
-    ("x in not", "expected a selector after 'in' but found 'not'", 6),
-    ("metadata. == 1", "expected an identifier after '.'", 10),
-    ("metadata.1 == 1", "expected an identifier after '.'", 10),
+    ('x not in "y"', "expected a selector after 'in' but found '\"y\"'", 10),
+    ("x in", "expected a selector after 'in' but found end of filter", 5),
+    ("metadata. == 1", "expected a name or a number after '.'", 10),
+    ("metadata[k] == 1", "expected a quoted key after '['", 10),
+    ('metadata["k" == 1', "expected ']'", 14),
+    ("metadata.model-version == v2", 'write metadata["model-version"]', 15),
     ("pushed == 1.", "malformed number", 12),
     ("pushed == 1.2.3", "malformed number", 14),
     ("pushed == 1abc", "malformed number", 12),
-    ("pushed == 1 or-1 in x", "expected 'and', 'or' or end of filter but found 'or-1'", 13),
-    ("pushed == @", "unexpected character '@'", 11),
-    ("pushed == - 1", "unexpected character '-'", 11),
+    ("pushed == 007", "malformed number", 12),
+    ("pushed == +1", "expected a value after '==' but found '+'", 11),
+    ("pushed==1and x==1", "malformed number", 10),
+    ("pushed == 1]", "unexpected character ']'", 12),
+    ("pushed == @", "expected a value after '==' but found '@'", 11),
+    ("pushed == - 1", "expected a digit after '-'", 12),
     ("pushed == 1 == 2", "expected 'and', 'or' or end of filter but found '=='", 13),
-    ("version == empty", "expected a value after '==' but found 'empty'", 12),
     ("a == 1 AND b == 2", "expected 'and', 'or' or end of filter but found 'AND'", 8),
+    ('uri matches "["', "invalid regular expression", 13),
+    ('uri matches "a{1001}"', "invalid regular expression", 13),
+    ('uri matches "a{99999999999}"', "invalid regular expression", 13),
+    ('uri matches "(a)\\\\1"', "invalid regular expression", 13),
+    ('uri matches "(?=a)"', "invalid regular expression", 13),
+    ('uri matches "(?<!a)b"', "invalid regular expression", 13),
+    ('uri matches "\\\\C"', "invalid regular expression", 13),
+    ('uri not matches "\\xff"', "invalid regular expression", 17),
+    ("x == 1 or uri matches `*`", "invalid regular expression", 23),
+    ("any metadata as k { k == x }", "'any' and 'all' are not supported", 1),
     ("x" * (MAX_FILTER_LENGTH + 1), "filter is 1025 characters long; the limit is 1024", 1025),
     ("not " * (MAX_DEPTH + 1) + "a == 1", "nests deeper than 32 levels", 4 * MAX_DEPTH + 1),
-    ("(" * (MAX_DEPTH + 1) + "a == 1" + ")" * (MAX_DEPTH + 1), "nests deeper", MAX_DEPTH + 1),
+    (nested(7, "(%s)"), "too complex", 1),
 ]
 
 
@@ -232,11 +323,43 @@ def test_malformed_filters_report_what_and_where(text: str, fragment: str, colum
     assert str(caught.value).endswith(f" at column {column}")
 
 
-def test_the_leftmost_fault_is_reported() -> None:
-    # The unterminated string comes after an earlier syntax error: the earlier one wins.
+def test_a_refused_pattern_is_named() -> None:
     with pytest.raises(FilterSyntaxError) as caught:
-        parse('pushed == == "abc')
-    assert caught.value.position == 10
+        parse("version == 1 or uri matches `(?=x)`")
+    assert caught.value.pattern == "(?=x)"
+
+
+def test_the_leftmost_fault_is_reported() -> None:
+    with pytest.raises(FilterSyntaxError) as caught:
+        parse('v == "a\\q" or w == "b\\q"')
+    assert caught.value.position == 7
+
+
+def test_parse_needs_a_bounded_stack() -> None:
+    """The worst accepted filters parse with 650 frames to spare below the caller."""
+    worst = [
+        nested(MAX_DEPTH - 1, "(%s and a == 1 or a == 1)"),
+        " and ".join(["a==1"] * 113)[:MAX_FILTER_LENGTH],
+        "not " * MAX_DEPTH + "a == 1",
+        nested(16, "not (%s and a == 1 or a == 1)"),
+    ]
+    depth = len(_frames())
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(depth + 650)
+    try:
+        for text in worst:
+            parse(text)
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+def _frames() -> list[object]:
+    frames: list[object] = []
+    frame = sys._getframe()
+    while frame is not None:
+        frames.append(frame)
+        frame = frame.f_back  # type: ignore[assignment]
+    return frames
 
 
 # ------------------------------------------------------------------------------------ render
@@ -249,13 +372,21 @@ def test_the_leftmost_fault_is_reported() -> None:
         ("  (pushed == 1)  ", "pushed == 1"),
         ("a==1 or (b==2 and c==3)", "a == 1 or b == 2 and c == 3"),
         ("(a==1 or b==2) and c==3", "(a == 1 or b == 2) and c == 3"),
-        ("a==1 and (b==2 and c==3)", "a == 1 and (b == 2 and c == 3)"),
-        ("a==1 or (b==2 or c==3)", "a == 1 or (b == 2 or c == 3)"),
-        ("(a==1 or b==2) or c==3", "a == 1 or b == 2 or c == 3"),
+        ("(a==1 and b==2) and c==3", "(a == 1 and b == 2) and c == 3"),
+        ("a==1 and (b==2 and c==3)", "a == 1 and b == 2 and c == 3"),
+        ("(a==1 or b==2) or c==3", "(a == 1 or b == 2) or c == 3"),
         ("not (a==1 or b==2)", "not (a == 1 or b == 2)"),
-        ("not (not a==1)", "not not a == 1"),
-        ('`a\\b"c` in  uri', '"a\\\\b\\"c" in uri'),
-        ('v == "tab\tline\\nquote\\""', 'v == "tab\\tline\\nquote\\""'),
+        ("not (not a==1)", "a == 1"),
+        ('`a\\b"c` in  uri', '"a\\\\b\\x22c" in uri'),
+        ('v == "tab\tline\\nquote\\x22"', 'v == "tab\\tline\\nquote\\x22"'),
+        ('v == "/a/b"', 'v == "a/b"'),
+        ('v == "\\x2fa/b"', 'v == "\\x2fa/b"'),
+        ('v == "\\xff"', 'v == "\\xff"'),
+        ('metadata["model-version"] == v2', 'metadata["model-version"] == v2'),
+        ('"/metadata/a~1b" == x', "metadata.a/b == x"),  # '/' is a name character
+        ('"/metadata/a~0b" == x', 'metadata["a~b"] == x'),
+        ('"/1/x" == y', '"/1/x" == y'),
+        ("metadata.1 is nil", "metadata.1 is nil"),
         ("x not in metadata", "x not in metadata"),
         ("version is not empty", "version is not empty"),
         ("uri not matches `^gs`", 'uri not matches "^gs"'),
@@ -274,25 +405,32 @@ def test_render_is_canonical(text: str, canonical: str) -> None:
     [
         # kfp-operator's own examples
         ("pushed == 1", True, False),
-        ('metadata.blessed == "true"', True, None),
+        ('metadata.blessed == "true"', True, False),
         ("pushed == 1 and version is not empty", True, False),
-        # int coercion: integer numbers and integer strings
+        # an int property reads the literal with Go's strconv.ParseInt(text, 0, 64)
         ('pushed == "1"', True, False),
         ('pushed == "+1"', True, False),
+        ('pushed == "0x1"', True, False),
+        ('pushed == "0b1"', True, False),
+        ('pushed == "0o1"', True, False),
+        ('pushed == "01"', True, False),  # octal
+        ('pushed == "1_0"', False, False),  # ten
         ("pushed != 0", True, False),
         ("pushed == -0", False, True),
-        # str comparison uses the literal's text
+        # a string property compares the literal's text
         ("version == 1234", True, False),
         ('version == "1234"', True, False),
         ("version == `1234`", True, False),
-        ("version == 01234", False, False),
+        ('version == "\\x31\\x32\\x33\\x34"', True, False),
         ("version == 1234.0", False, False),
         ("component == Pusher", True, True),
         ("component == pusher", False, False),
         ("output != pushed_model", False, False),
-        # substring and key membership
+        ('"/component" == Pusher', True, True),
+        # substrings, map keys
         ("1234 in uri", True, True),
         ('"Pusher/" in uri', True, True),
+        ('uri contains "/Pusher"', True, True),  # the pointer "/Pusher" is the value "Pusher"
         ("uri contains pushed_model", True, True),
         ("uri not contains Trainer", True, True),
         ("x not in uri", True, True),
@@ -300,65 +438,100 @@ def test_render_is_canonical(text: str, canonical: str) -> None:
         ("blessed not in metadata", False, True),
         ("metadata contains blessed", True, False),
         ("metadata not contains blessed", False, True),
-        # regular expressions: search, like Go's MatchString
+        ('"a.b" in metadata', True, False),
+        ('"\\xc3" in metadata["é"]', True, False),  # bytes, as Go's strings.Contains
+        # a missing metadata key is "not present": false, and its negations true
+        ("metadata.blessed == true", True, False),
+        ("metadata.blessed != true", False, True),
+        ("not metadata.blessed == true", False, True),
+        ("x in metadata.blessed", False, False),
+        ("x not in metadata.blessed", True, True),
+        ("metadata.blessed matches `.`", True, False),
+        ("metadata.blessed not matches `.`", False, True),
+        ("metadata.blessed is empty", False, True),
+        ("metadata.blessed is not empty", True, False),
+        ("metadata.blessed is nil", None, True),
+        ("metadata.blessed is not nil", None, False),
+        # keys that names cannot spell
+        ('metadata["model-version"] == v2', True, False),
+        ('metadata["a.b"] == dotted', True, False),
+        ('"/metadata/a.b" == dotted', True, False),
+        ("metadata.a.b == dotted", None, None),  # the path metadata -> a -> b: no "a"
+        # regular expressions: RE2, searched anywhere, like Go's regexp.Match
         ('uri matches "pushed_model/[0-9]+"', True, True),
         ('uri matches "^pushed_model"', False, False),
         (r"version matches `^\d+$`", True, False),
         (r"version not matches `^\d+$`", False, True),
-        # emptiness
+        ("version matches 34", True, False),
+        ("component matches `(?i)^pusher$`", True, True),
+        # emptiness, nil
         ("version is empty", False, True),
         ("metadata is empty", False, True),
         ("metadata is not empty", True, False),
-        ('metadata.empty == ""', True, None),
-        ("metadata.empty is empty", True, None),
-        # metadata keys: dashes, and dots taken as part of the key
-        ("metadata.model-version == v2", True, None),
-        ("metadata.a.b == dotted", True, None),
+        ("metadata is nil", False, False),
+        ("metadata is not nil", True, True),
+        ('metadata.empty == ""', True, False),
+        ("metadata.empty is empty", True, True),
         # logic
         ("not pushed == 1", False, True),
         ("pushed == 1 or version == 1234", True, False),
         ("pushed == 0 or (component == Pusher and not version is empty)", True, True),
     ],
 )
-def test_evaluate(text: str, pushed: bool, not_pushed: bool | None) -> None:
+def test_evaluate(text: str, pushed: bool | None, not_pushed: bool | None) -> None:
+    """None: an evaluation error (kfp-operator then selects nothing)."""
     expr = parse(text)
-    assert evaluate(expr, PUSHED) is pushed
-    if not_pushed is None:
-        with pytest.raises(FilterEvaluationError):
-            evaluate(expr, NOT_PUSHED)
-    else:
-        assert evaluate(expr, NOT_PUSHED) is not_pushed
+    for properties, expected in ((PUSHED, pushed), (NOT_PUSHED, not_pushed)):
+        if expected is None:
+            with pytest.raises(FilterEvaluationError):
+                evaluate(expr, properties)
+        else:
+            assert evaluate(expr, properties) is expected
 
 
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
-        ("pushed_version == 1", "unknown selector 'pushed_version'"),
+        ("pushed_version == 1", "unknown selector 'pushed_version': no such property"),
+        ("pushed_version != 1", "unknown selector 'pushed_version'"),
         ("pushed_version is empty", "unknown selector 'pushed_version'"),
         ("1 in pushed_version", "unknown selector 'pushed_version'"),
-        ("metadata.missing == x", "unknown selector 'metadata.missing'"),
-        ("pushed.x == 1", "unknown selector 'pushed.x'"),
-        ("version.x == 1", "unknown selector 'version.x'"),
-        ("pushed == yes", "'pushed' is an integer property: expected an integer"),
+        ("metadata.missing.deeper == x", "unknown selector 'metadata.missing.deeper': no key"),
+        ("pushed.x == 1", "'pushed' is a integer, it has no fields"),
+        ("version.x == 1", "'version' is a string, it has no fields"),
+        ("metadata.blessed.x == 1", "'metadata.blessed' is a string"),
+        ("pushed == yes", "'pushed' is an integer property: yes is not a 64-bit integer"),
         ('pushed == "one"', "'pushed' is an integer property"),
         ('pushed == ""', "'pushed' is an integer property"),
         ("pushed == 1.0", "'pushed' is an integer property"),
-        ('pushed == "1 "', "'pushed' is an integer property"),
+        ('pushed == " 1"', "'pushed' is an integer property"),
         ('pushed == "\u0661"', "'pushed' is an integer property"),
-        ("1 in pushed", "'pushed' is an integer property: 'in' applies only to strings"),
-        ("pushed contains 1", "'pushed' is an integer property"),
-        ('pushed matches "1"', "'pushed' is an integer property"),
-        ("pushed is empty", "'pushed' is not a string or mapping"),
-        ("pushed is not empty", "'pushed' is not a string or mapping"),
-        ("metadata == x", "'metadata' is a mapping"),
+        ('pushed == "_1"', "'pushed' is an integer property"),
+        ('pushed == "9223372036854775808"', "'pushed' is an integer property"),
+        ("x in pushed", "'pushed' is an integer property"),
+        ("1 in pushed", "'pushed' is a integer: 'in' and 'contains' do not apply"),
+        ("pushed contains 1", "'pushed' is a integer"),
+        ('pushed matches "1"', "'pushed' is a integer: 'matches' applies to strings"),
+        ("pushed is empty", "'pushed' is a integer: 'is empty' does not apply"),
+        ("pushed is not empty", "'pushed' is a integer"),
+        ("pushed is nil", "'pushed' is a integer: 'is nil' does not apply"),
+        ("version is nil", "'version' is a string"),
+        ("metadata == x", "'metadata' is a mapping: '==' and '!=' do not apply"),
         ('metadata matches "x"', "'metadata' is a mapping"),
-        ("weight == 1", "'weight' has an unsupported type float"),
+        ("weight == 1", "'weight' is a float"),
     ],
 )
 def test_evaluation_errors_name_the_selector(text: str, fragment: str) -> None:
     with pytest.raises(FilterEvaluationError) as caught:
         evaluate(parse(text), {**PUSHED, "weight": 0.5})
     assert fragment in str(caught.value)
+
+
+def test_integer_bounds_are_int64() -> None:
+    assert evaluate(parse('pushed != "9223372036854775807"'), PUSHED) is True
+    assert evaluate(parse('pushed != "-9223372036854775808"'), PUSHED) is True
+    with pytest.raises(FilterEvaluationError):
+        evaluate(parse('pushed != "-9223372036854775809"'), PUSHED)
 
 
 def test_evaluation_short_circuits_like_go_bexpr() -> None:
@@ -370,13 +543,65 @@ def test_evaluation_short_circuits_like_go_bexpr() -> None:
         evaluate(parse("not pushed_version == 1"), PUSHED)
 
 
+# ------------------------------------------------------------------------------------ RE2
+
+
+@pytest.mark.parametrize(
+    ("pattern", "value", "matched"),
+    [
+        ("^1234$", "1234\n", False),  # $ is the end of the text, as in Go (Python: before \n)
+        (r"^\d+$", "\u0661\u0662", False),  # \d is ASCII, as in Go (Python: any digit)
+        (r"\w+", "é", False),
+        (r"\pL", "é", True),
+        ("(?i)straße", "STRASSE", False),  # simple case folding only, as in Go
+        ("(?i)k", "\u212a", True),  # the Kelvin sign folds to k in Go and RE2
+        ("a.c", "a\nc", False),
+        ("(?s)a.c", "a\nc", True),
+        (r"\Qa.c\E", "abc", False),
+        ("x*", "", True),
+    ],
+)
+def test_patterns_are_re2_with_gos_semantics(pattern: str, value: str, matched: bool) -> None:
+    expr = Match(("v",), "matches", Value("string", pattern))
+    assert evaluate(parse(render(expr)), {"v": value}) is matched
+
+
+@pytest.mark.parametrize("length", [30, 100_000])
+def test_hostile_patterns_run_in_linear_time(length: int) -> None:
+    """(a+)+$ against a*N! backtracks 2^N times in Python's re (N=30: minutes); RE2 is linear.
+
+    The bound is generous: only catastrophic backtracking could come near it.
+    """
+    expr = parse('uri matches "(a+)+$" or uri matches "(x+x+)+y" or uri matches "(.*a){12}$"')
+    started = time.perf_counter()
+    assert evaluate(expr, {"uri": "a" * length + "!"}) is False
+    assert time.perf_counter() - started < 5
+
+
+def test_re2_is_imported_only_for_matches() -> None:
+    """Runs without a matches filter never load the RE2 binding (import cost: see README)."""
+    script = (
+        "import sys\n"
+        "from exit_handler.artifact_filter import parse, evaluate\n"
+        "evaluate(parse('pushed == 1 and uri contains x and version is not empty'), "
+        "{'pushed': 1, 'uri': 'x', 'version': '1'})\n"
+        "print('re2' in sys.modules)\n"
+        "parse('uri matches `x`')\n"
+        "print('re2' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == ["False", "True"]
+
+
 # ------------------------------------------------------------------------------------ properties
 
 TOKENS = [
     *sorted(KEYWORDS),
-    *["==", "!=", "=~", "(", ")", ".", "[", "]", "'", '"', "`", "\\", "-", "+", "@"],
-    *["pushed", "version", "uri", "metadata", "metadata.blessed", "x.", "A_b-c"],
-    *["1", "-2", "3.5", "1.", "0x1", '"s"', '"a\\"b"', '"\\q"', "`r`", '"['],
+    *["==", "!=", "=~", "(", ")", ".", "[", "]", "'", '"', "`", "\\", "-", "+", "@", "{", "}"],
+    *["pushed", "version", "uri", "metadata", "metadata.blessed", "x.", "A_b-c", "a/b", ","],
+    *["1", "-2", "3.5", "1.", "0x1", '"s"', '"a\\"b"', '"\\q"', "`r`", '"[', '"/a/b"', "_"],
 ]
 
 
@@ -390,6 +615,7 @@ def _assert_syntax_error_or_expr(text: str) -> None:
     if error is not None:
         assert 0 <= error.position <= len(text)
         assert str(error) == f"{error.message} at column {error.position + 1}"
+        assert "\n" not in error.message or "\n" in text
 
 
 @settings(max_examples=300, deadline=None)
@@ -417,17 +643,24 @@ def test_render_is_a_fixpoint_of_what_parses(text: str) -> None:
     assert parse(render(expr)) == expr
 
 
-IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_-]{0,8}"
-names = st.from_regex(IDENTIFIER, fullmatch=True).filter(lambda name: name not in KEYWORDS)
+IDENTIFIER = st.from_regex(r"[A-Za-z][A-Za-z0-9_/]{0,8}", fullmatch=True)
+KEY = st.text(max_size=6)
+POINTER_PART = st.text(
+    st.characters(categories=["L", "N"]) | st.sampled_from("-_.~:|/"), min_size=1, max_size=5
+)
+# Every selector a filter can spell: a name then any keys (metadata["k"]), a JSON pointer
+# ("/a/b", parts of letters, digits and -_.~:|/), or "" (the pointer with no part).
 selectors = st.one_of(
-    names.map(lambda name: (name,)),
-    st.lists(st.from_regex(IDENTIFIER, fullmatch=True), min_size=2, max_size=3).map(tuple),
+    IDENTIFIER.map(lambda name: (name,)),
+    st.builds(lambda name, keys: (name, *keys), IDENTIFIER, st.lists(KEY, max_size=2)),
+    st.lists(POINTER_PART, min_size=1, max_size=3).map(tuple),
+    st.just(("",)),
 )
 values = st.one_of(
-    st.from_regex(r"[+-]?[0-9]{1,6}(\.[0-9]{1,3})?", fullmatch=True).map(num),
+    st.from_regex(r"-?(0|[1-9][0-9]{0,5})(\.[0-9]{1,3})?", fullmatch=True).map(num),
     st.text(max_size=12).map(string),
-    names.map(word),
-    st.lists(names, min_size=2, max_size=3).map(".".join).map(word),
+    IDENTIFIER.map(word),
+    st.lists(IDENTIFIER, min_size=2, max_size=3).map(".".join).map(word),
 )
 patterns = st.sampled_from(["", "^gs://", "[0-9]+$", "a|b", r"\d{2,}", "(?i)pusher", '"', "\\\\"])
 
@@ -443,7 +676,12 @@ def match_strategy(
         st.builds(
             Match, selectors, st.sampled_from(["matches", "not matches"]), patterns.map(string)
         ),
-        st.builds(Match, selectors, st.sampled_from(["is empty", "is not empty"]), st.none()),
+        st.builds(
+            Match,
+            selectors,
+            st.sampled_from(["is empty", "is not empty", "is nil", "is not nil"]),
+            st.none(),
+        ),
     )
 
 
@@ -460,12 +698,27 @@ def trees(depth: int, matches: st.SearchStrategy[Match]) -> st.SearchStrategy[Ex
     )
 
 
+def normal(expr: Expr) -> Expr:
+    """The tree go-bexpr builds for ``expr``: double negations dropped."""
+    if isinstance(expr, Not):
+        inner = normal(expr.operand)
+        return inner.operand if isinstance(inner, Not) else Not(inner)
+    if isinstance(expr, And | Or):
+        return type(expr)(normal(expr.left), normal(expr.right))
+    return expr
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(trees(5, match_strategy(selectors, values)))
+@given(trees(3, match_strategy(selectors, values)))
 def test_parse_of_render_is_identity(expr: Expr) -> None:
     text = render(expr)
     assume(len(text) <= MAX_FILTER_LENGTH)
-    assert parse(text) == expr
+    try:
+        parsed = parse(text)
+    except FilterSyntaxError as error:
+        assume("too complex" not in error.message)  # deep parentheses: go-bexpr's budget
+        raise
+    assert parsed == normal(expr)
 
 
 PROPERTY_SETS = [PUSHED, NOT_PUSHED, {"version": "", "metadata": {}}]

@@ -81,7 +81,7 @@ DEFINITIONS: list[tuple[str, str, str | None]] = [
         "Pusher:pushed_model[pushed == 0 and (version == 41 or component == Pusher)]",
         None,
     ),
-    ("escapes", 'Pusher:pushed_model[metadata.note == "say \\"hi\\""]', "pusher41"),
+    ("escapes", 'Pusher:pushed_model[metadata.note == `say "hi"`]', "pusher41"),
     ("bareword", "Pusher:pushed_model[metadata.framework == tensorflow]", "pusher41"),
     ("mlmd-only-property", "Pusher:pushed_model[pushed_version == 1]", None),
     ("missing-metadata", "Pusher:pushed_model[metadata.nope == x]", None),
