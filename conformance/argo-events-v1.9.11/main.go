@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
@@ -37,12 +38,11 @@ import (
 const probeHeader = "Conformance-Probe" // the harness's own messages, never printed
 
 type request struct {
-	Mode        string          `json:"mode"`
-	EventSource string          `json:"eventSource"`
-	URL         string          `json:"url"`
-	Events      []eventRequest  `json:"events"`
-	Sensors     []string        `json:"sensors"`
-	Extra       json.RawMessage `json:"extra,omitempty"`
+	Mode        string         `json:"mode"`
+	EventSource string         `json:"eventSource"`
+	URL         string         `json:"url"`
+	Events      []eventRequest `json:"events"`
+	Sensors     []string       `json:"sensors"`
 }
 
 // eventRequest is a Sensor's event as the bus carries it (a CloudEvent in JSON), or the
@@ -69,7 +69,7 @@ var out = json.NewEncoder(os.Stdout)
 func main() {
 	// Upstream prints to stdout (ResolveParamValue's fmt.Printf): stdout is ours alone.
 	os.Stdout = os.Stderr
-	config := logging.ConfigureLogLevelLogger("info")
+	config := zap.NewProductionConfig()
 	config.OutputPaths = []string{"stderr"}
 	logger, err := config.Build()
 	fail(err)
@@ -124,24 +124,17 @@ func listen(ctx context.Context, cancel context.CancelFunc, req request, stdin i
 	}
 	fail(listener.ValidateEventSource(ctx))
 	ready := make(chan struct{})
-	var closeReady bool
-	lines := make(chan []byte, 64)
+	var once sync.Once
+	lines := make(chan any, 64)
 	stopped := make(chan error, 1)
 	go func() {
 		stopped <- listener.StartListening(ctx, func(data []byte, opts ...eventsourcecommon.Option) error {
 			var seen events.NATSEventData
 			if json.Unmarshal(data, &seen) == nil && seen.Header[probeHeader] != nil {
-				if !closeReady {
-					closeReady = true
-					close(ready)
-				}
+				once.Do(func() { close(ready) })
 				return nil
 			}
-			line, err := json.Marshal(map[string]any{"event": dispatch(listener, data, opts)})
-			if err != nil {
-				return err
-			}
-			lines <- line
+			lines <- map[string]any{"event": dispatch(listener, data, opts)}
 			return nil
 		})
 	}()
@@ -177,8 +170,7 @@ probing:
 	for {
 		select {
 		case line := <-lines:
-			_, err := os.NewFile(1, "stdout").Write(append(line, '\n'))
-			fail(err)
+			fail(out.Encode(line))
 		case err := <-stopped:
 			fail(fmt.Errorf("listener stopped: %v", err))
 		case <-eof:
