@@ -263,6 +263,15 @@ def test_a_pipeline_node_named_like_ours_is_refused(kind: str, name: str) -> Non
         inject(pipeline_using(kind, name), InjectOptions())
 
 
+def go_json(value: object) -> str:
+    """Go's json.Marshal: compact, UTF-8, and HTML-safe (`<`, `>`, `&`, U+2028, U+2029 become
+    six-byte escapes), the worst case for a size bound."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    for char in "<>&\u2028\u2029":
+        text = text.replace(char, f"\\u{ord(char):04x}")
+    return text
+
+
 def ordinary_failures(count: int, message: str = "Error (exit code 1)") -> str:
     """{{workflow.failures}} for `count` failed TFX Trainer pods as operator.go writes it:
     json.Marshal, then strconv.Quote (which quotes this ASCII text as JSON does)."""
@@ -277,7 +286,7 @@ def ordinary_failures(count: int, message: str = "Error (exit code 1)") -> str:
         }
         for number in range(count)
     ]
-    return json.dumps(json.dumps(nodes, separators=(",", ":")))
+    return json.dumps(go_json(nodes))
 
 
 def argo_template(step: dict[str, Any], failures: str) -> tuple[str, str]:
@@ -310,8 +319,7 @@ def argo_template(step: dict[str, Any], failures: str) -> tuple[str, str]:
             return {key: resolved(value) for key, value in node.items()}
         return node
 
-    text = json.dumps(resolved(template), ensure_ascii=False, separators=(",", ":"))
-    return text, passed["failures"]
+    return go_json(resolved(template)), passed["failures"]
 
 
 def starts(template: str) -> bool:
@@ -342,3 +350,6 @@ def test_the_exit_pod_starts_whatever_the_failure_count() -> None:
     assert decode_failures(passed) == (decode_failures(ordinary_failures(114)).entries, True)
     # The worst escaping: a message of backslashes doubles twice, in both copies.
     assert starts(argo_template(bounded, ordinary_failures(100, "\\" * 3000))[0])
+    # HTML characters: the inner json.Marshal already escapes them, so the quoted text holds
+    # only ASCII that the outer Marshal at most doubles; the bound holds for them too.
+    assert starts(argo_template(bounded, ordinary_failures(100, "<&>\u2028" * 1000))[0])
