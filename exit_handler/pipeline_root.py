@@ -8,7 +8,6 @@ the cost follows this run's pushes, not the pipeline's history.
 
 from __future__ import annotations
 
-import http.client
 import logging
 import os
 import re
@@ -216,6 +215,8 @@ class RootLister:
         exit 1 would not be retried by Argo and the event would be lost. Only a failed TLS
         verification is not: retrying cannot make an untrusted certificate trusted.
         """
+        import http.client
+
         from google.api_core import exceptions as api
         from google.auth import exceptions as auth
         from requests import exceptions as web

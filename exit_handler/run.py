@@ -34,19 +34,20 @@ _RETRY_SUFFIX = re.compile(r"\(\d+\)$")
 _FAILURE_KEYS = ("displayName", "templateName", "phase", "message", "finishedAt")
 _JSON_SPACE = " \t\n\r"
 # A Go interpreted string literal, as strconv.Quote writes it and strconv.Unquote reads it.
+# Patterns from here on stay text: only a list that is not plain JSON (or is cut) needs them,
+# and `re` compiles each once, on first use, instead of on every run's start.
 _GO_ESCAPE = r'\\(?:[abfnrtv\\"]|x[0-9a-fA-F]{2}|[0-7]{3}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8})'
-_GO_ESCAPES = re.compile(_GO_ESCAPE)
-_GO_BODY = re.compile(rf'(?:[^"\\\n]++|{_GO_ESCAPE})*+')
-_GO_CUT_ESCAPE = re.compile(r"\\(?:x[0-9a-fA-F]?|[0-7]{0,2}|u[0-9a-fA-F]{0,3}|U[0-9a-fA-F]{0,7})")
+_GO_BODY = rf'(?:[^"\\\n]++|{_GO_ESCAPE})*+'
+_GO_CUT_ESCAPE = r"\\(?:x[0-9a-fA-F]?|[0-7]{0,2}|u[0-9a-fA-F]{0,3}|U[0-9a-fA-F]{0,7})"
 _GO_CONTROLS = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
-_UNDECODABLE = re.compile("[\udc80-\udcff]")
+_UNDECODABLE = "[\udc80-\udcff]"
 # What a cut leaves of an entry: the start of a flat object of strings and nulls, the only
 # shape Go's json.Marshal gives a failed node.
 _JSON_CHARS = r'(?:[^"\\\x00-\x1f]++|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*+'
 _JSON_STRING = rf'"{_JSON_CHARS}"'
 _JSON_CUT_STRING = rf'"{_JSON_CHARS}(?:\\(?:u[0-9a-fA-F]{{0,3}})?)?'
 _JSON_MEMBER = rf"{_JSON_STRING}:(?:{_JSON_STRING}|null)"
-_CUT_ENTRY = re.compile(
+_CUT_ENTRY = (
     rf"\{{(?:{_JSON_MEMBER},)*+"
     rf"(?:{_JSON_MEMBER}|{_JSON_STRING}(?::(?:{_JSON_CUT_STRING}|n(?:ul?)?)?)?|{_JSON_CUT_STRING})?"
 )
@@ -277,18 +278,18 @@ def go_unquote(text: str) -> tuple[str, bool]:
     """
     if not text.startswith('"'):
         raise ValueError(_not_failures("not a quoted string"))
-    end = _GO_BODY.match(text, 1).end()  # type: ignore[union-attr]  # `*+` always matches
+    end = re.compile(_GO_BODY).match(text, 1).end()  # type: ignore[union-attr]  # `*+` matches
     rest = text[end:]
-    cut = not rest or bool(_GO_CUT_ESCAPE.fullmatch(rest))
+    cut = not rest or bool(re.fullmatch(_GO_CUT_ESCAPE, rest))
     if rest.rstrip(_JSON_SPACE) != '"' and not cut:
         shown = json.dumps(rest[:12])
         raise ValueError(_not_failures(f"invalid Go string literal at character {end}: {shown}"))
-    body = _GO_ESCAPES.sub(_go_escape, text[1:end])
+    body = re.sub(_GO_ESCAPE, _go_escape, text[1:end])
     try:
         data = body.encode("utf-8", "surrogateescape")  # argv's undecodable bytes too
     except UnicodeEncodeError:
         raise ValueError(_not_failures("not valid Unicode")) from None
-    return _UNDECODABLE.sub("\ufffd", data.decode("utf-8", "surrogateescape")), cut
+    return re.sub(_UNDECODABLE, "\ufffd", data.decode("utf-8", "surrogateescape")), cut
 
 
 def _go_escape(match: re.Match[str]) -> str:
@@ -335,7 +336,7 @@ def _whole_entries(text: str) -> list[object]:
         try:
             entry, position = decoder.raw_decode(text, position)
         except json.JSONDecodeError as err:
-            if _CUT_ENTRY.fullmatch(text, position):
+            if re.compile(_CUT_ENTRY).fullmatch(text, position):
                 break
             raise ValueError(_not_failures(f"entry {len(entries) + 1}: {err.msg}")) from None
         except RecursionError:
