@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-all conformance lint bench clean
+.PHONY: demo test test-all conformance e2e lint bench clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,12 +20,16 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/mypy
 
 test: lint
-	$(PY) -m pytest -m "not slow and not conformance"
-	@echo "conformance skipped: make conformance runs the real Argo and go-bexpr code (needs Go)"
+	$(PY) -m pytest -m "not slow and not conformance and not e2e"
+	@echo "conformance and e2e skipped: make conformance, make e2e run real upstream Go code (need Go)"
 
 # The real upstream code (conformance/, built with Go from the module proxy) judges what we ship.
 conformance: $(VENV)/.installed
 	EXIT_HANDLER_REQUIRE_GO=1 $(PY) -m pytest -m conformance
+
+# Argo's real controller runs injected pipelines on a real kube-apiserver, etcd and kwok (e2e/).
+e2e: $(VENV)/.installed
+	EXIT_HANDLER_REQUIRE_GO=1 $(PY) -m pytest -m e2e -s
 
 # The whole suite: slow tests (over 30 s, or that install packages) and conformance. CI runs it.
 test-all: lint

@@ -1,0 +1,448 @@
+"""End to end: Argo's real controller runs injected pipelines on a real Kubernetes API server.
+
+Nothing Argo- or Kubernetes-shaped here is ours (tests/e2e_cluster.py): etcd, kube-apiserver,
+kube-controller-manager, kube-scheduler, kwok and the workflow-controller of each release line
+are built from the Go module proxy. The platform engineer's part is done as the README says:
+`kubectl apply -k workflow-templates/` (and `cluster/`), the NATS Secret, the ConfigMap. Each
+pipeline is the TFX penguin fixture (or the KFP `dsl.ExitHandler` one) put through
+`exit-handler inject` and submitted with kubectl; kwok completes (or fails) its steps, and the
+test runs the exit handler's pod from the Pod the controller wrote, against a real nats-server
+(through a proxy that can lose JetStream acks) and fake-gcs-server. Every event the exit
+handler publishes is received by argo-events' own NATS EventSource listener and judged by the
+seed's Sensor (conformance/argo-events-v1.9.11).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import upload_model
+from e2e_cluster import (
+    CONTROLLERS,
+    Cluster,
+    Kubelet,
+    Processes,
+    Ran,
+    start_control_plane,
+    wait_for,
+)
+from faults import NatsProxy
+from test_conformance_argo_events import SEED_SENSOR, SUBJECT, V19, Listener, evaluate, fires
+
+from exit_handler.testing import (
+    FakeGcsServer,
+    NatsServer,
+    add_stream,
+    jetstream_client_auth,
+    stream_messages,
+)
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).parent.parent
+FIXTURES = Path(__file__).parent / "fixtures" / "workflows"
+VENV_BIN = Path(sys.executable).parent
+STREAM = "RUN_COMPLETION"
+HOLD, EXIT_CODE = "e2e.kfp-exit-handler/hold", "e2e.kfp-exit-handler/exit-code"
+# What this test cannot exercise without a container runtime; printed, and in the README.
+NOT_EXERCISED = (
+    "image pull and the image's own entrypoint",
+    "the kubelet's mounts (files are written under a private root and paths mapped)",
+    "runAsUser, readOnlyRootFilesystem and the other securityContext settings",
+    "resource limits (no cgroup: an OOM kill is not produced)",
+    "Argo's executor sidecar (wait): no WorkflowTaskResult is written",
+    "the service account token and Workload Identity (GCS is reached without credentials)",
+    "signals to running containers (argo stop is taken while the step's pod is Pending)",
+)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One pipeline run: which fixture, how it is injected, and what the steps do."""
+
+    fixture: str = "tfx_penguin.yaml"
+    inject: tuple[str, ...] = ()
+    step_annotations: tuple[tuple[str, str, str], ...] = ()  # (template, key, value)
+    pipeline_root: str | None = None  # None: a fresh bucket of the run's own
+    model: bool = False
+    stop: bool = False
+    lose_first_ack: bool = False
+
+
+SCENARIOS = {
+    "succeeded": Scenario(model=True),
+    "failed": Scenario(step_annotations=(("trainer", EXIT_CODE, "1"),)),
+    "exit-3-then-0": Scenario(lose_first_ack=True),
+    "exit-2": Scenario(pipeline_root="s3://not-gcs/penguin-pipeline"),
+    "user-exit-handler": Scenario(fixture="kfp_exit_handler.yaml"),
+    "continue-on-failure": Scenario(
+        inject=("--continue-on-failure",), pipeline_root="s3://not-gcs/penguin-pipeline"
+    ),
+    "stopped": Scenario(step_annotations=(("csvexamplegen", HOLD, "true"),), stop=True),
+    "cluster-template": Scenario(inject=("--cluster-scope",), model=True),
+}
+
+
+@dataclass
+class Run:
+    """A submitted Workflow and everything observed about it."""
+
+    name: str
+    uid: str
+    root: str
+    pushed: str | None = None
+    workflow: dict[str, Any] | None = None
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    workdir = tmp_path_factory.mktemp("e2e")
+    logs = workdir / "logs"
+    logs.mkdir()
+    processes = Processes(logs)
+    try:
+        yield start_control_plane(workdir, processes)
+    finally:
+        processes.stop()
+        peak = sum(processes.peak_rss_kib.values())
+        print(f"\ne2e: peak RSS of the started processes: {peak / 1024:.0f} MiB in all")
+        for name, kib in processes.peak_rss_kib.items():
+            print(f"  {name}: {kib / 1024:.0f} MiB")
+        print("e2e: not exercised here:\n  - " + "\n  - ".join(NOT_EXERCISED))
+
+
+@pytest.fixture(scope="module")
+def nats() -> Iterator[tuple[NatsServer, NatsProxy, str]]:
+    """nats-server with a stream on the subject; the exit handler logs in as a user through
+    a proxy, the argo-events listener as the server's no-auth user (its harness has no auth)."""
+    password = secrets.token_hex(16)
+    users = (
+        "authorization { users = [\n"
+        f'  {{user: "exit-handler", password: "{password}"}}\n'
+        '  {user: "listener", password: "unused"}\n'
+        "] }\n"
+        'no_auth_user: "listener"'
+    )
+    with NatsServer(config_extra=users) as server:
+        add_stream(server.url, STREAM, SUBJECT)
+        with NatsProxy(server.url) as proxy:
+            yield server, proxy, jetstream_client_auth("exit-handler", password)
+
+
+@pytest.fixture(scope="module")
+def listener(
+    nats: tuple[NatsServer, NatsProxy, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Listener]:
+    log = tmp_path_factory.mktemp("argo-events") / "listener.log"
+    with Listener(V19, nats[0].url, log) as running:
+        yield running
+
+
+@pytest.fixture(scope="module", params=CONTROLLERS)
+def line(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@dataclass
+class Namespace:
+    name: str
+    cluster: Cluster
+    kubelet: Kubelet
+    runs: dict[str, Run]
+    events: dict[str, dict[str, Any]]
+    pods: dict[str, list[Ran]]
+
+
+@pytest.fixture(scope="module")
+def namespace(
+    line: str,
+    cluster: Cluster,
+    nats: tuple[NatsServer, NatsProxy, str],
+    listener: Listener,
+    gcs_server: FakeGcsServer,
+) -> Namespace:
+    """The platform engineer's setup in a namespace of LINE's own, the controller, and every
+    scenario's run submitted at once and watched to the end."""
+    name = "e2e-" + line.removeprefix("argo-workflows-").replace(".", "-")
+    _, proxy, client_auth = nats
+    cluster.kubectl("create", "namespace", name)
+    cluster.install_crds(line)
+    cluster.kubectl("apply", "-k", str(REPO / "workflow-templates" / "cluster"))
+    wait_for("the default ServiceAccount", lambda: _exists(cluster, name, "serviceaccount/default"))
+    cluster.kubectl("create", "serviceaccount", "pipeline-runner", "-n", name)  # KFP's, for steps
+    cluster.kubectl("apply", "-n", name, "-k", str(REPO / "workflow-templates"))
+    cluster.kubectl(
+        "create", "secret", "generic", "kfp-exit-handler-nats", "-n", name,
+        "--from-file=client-auth=/dev/stdin", stdin=client_auth,
+    )  # fmt: skip
+    settings = {
+        "EXIT_HANDLER_NATS_URL": proxy.url,
+        "EXIT_HANDLER_NATS_AUTH_SECRET_FILE": "/var/run/secrets/exit-handler/nats/client-auth",
+        "EXIT_HANDLER_TIMEOUT": "8",
+        "EXIT_HANDLER_CLOCK_SKEW": "0",
+        "STORAGE_EMULATOR_HOST": gcs_server.endpoint,  # the pod's environment, for the emulator
+    }
+    cluster.kubectl(
+        "patch", "configmap", "kfp-exit-handler-config", "-n", name,
+        "--type=merge", "-p", json.dumps({"data": settings}),
+    )  # fmt: skip
+    cluster.start_controller(line, name)
+
+    first_attempt: set[str] = set()
+
+    def before_run(pod: dict[str, Any]) -> None:
+        workflow = pod["metadata"]["labels"]["workflows.argoproj.io/workflow"]
+        lose = runs_by_workflow.get(workflow) == "exit-3-then-0" and workflow not in first_attempt
+        first_attempt.add(workflow)
+        proxy.drop_acks = lose
+
+    kubelet = Kubelet(cluster, name, VENV_BIN, before_run=before_run)
+    runs: dict[str, Run] = {}
+    runs_by_workflow: dict[str, str] = {}
+    listener.drain()
+    for scenario_name, scenario in SCENARIOS.items():
+        run = _submit(cluster, name, scenario, gcs_server)
+        runs[scenario_name] = run
+        runs_by_workflow[run.name] = scenario_name
+    stopping = threading.Thread(target=_stop_when_held, args=(cluster, name, runs["stopped"]))
+    stopping.start()
+
+    try:
+        _drive(cluster, name, kubelet, runs)
+    finally:
+        stopping.join()
+        proxy.drop_acks = False
+        cluster.processes.stop(line)
+    events: dict[str, dict[str, Any]] = {}
+    for item in listener.drain():
+        event = item["event"]
+        data = json.loads(event["sensor"]["data"])
+        body = data.get("body", data)
+        events.setdefault(str(body.get("workflowName")), event)
+    pods = {
+        scenario_name: [r for r in kubelet.ran if r.pod.startswith(run.name + "-")]
+        for scenario_name, run in runs.items()
+    }
+    return Namespace(name, cluster, kubelet, runs, events, pods)
+
+
+def _exists(cluster: Cluster, namespace: str, what: str) -> bool:
+    try:
+        cluster.kubectl("get", "-n", namespace, what)
+    except RuntimeError:
+        return False
+    return True
+
+
+def _submit(cluster: Cluster, namespace: str, scenario: Scenario, gcs: FakeGcsServer) -> Run:
+    """`exit-handler inject` the fixture, then `kubectl create` it with its pipeline root."""
+    injected = subprocess.run(
+        [str(VENV_BIN / "exit-handler"), "inject", str(FIXTURES / scenario.fixture),
+         *scenario.inject],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    workflow = yaml.safe_load(injected)
+    for template in workflow["spec"]["templates"]:
+        for owner, key, value in scenario.step_annotations:
+            if template["name"] == owner:
+                template.setdefault("metadata", {}).setdefault("annotations", {})[key] = value
+    root = scenario.pipeline_root
+    if root is None:
+        bucket = f"e2e-{uuid.uuid4().hex[:12]}"
+        gcs.create_bucket(bucket)
+        root = f"gs://{bucket}/tfx/penguin-pipeline"
+    for parameter in workflow["spec"].get("arguments", {}).get("parameters", []):
+        if parameter["name"] in ("pipeline-root", "pipeline_root"):
+            parameter["value"] = root
+    created = json.loads(
+        cluster.kubectl("create", "-n", namespace, "-o", "json", "-f", "-",
+                        stdin=yaml.safe_dump(workflow))
+    )  # fmt: skip
+    run = Run(created["metadata"]["name"], created["metadata"]["uid"], root)
+    if scenario.model:
+        # What the run's Pusher writes, after the run was created.
+        bucket, _, path = root.removeprefix("gs://").partition("/")
+        time.sleep(1.1)  # creationTimestamp has whole seconds
+        run.pushed = upload_model(gcs, bucket, f"{path}/Pusher/pushed_model", "1764300000")
+    return run
+
+
+def _stop_when_held(cluster: Cluster, namespace: str, run: Run) -> None:
+    """`argo stop` (spec.shutdown: Stop) once the held step's pod exists."""
+
+    def held() -> bool:
+        pods = cluster.api.get(
+            f"/api/v1/namespaces/{namespace}/pods"
+            f"?labelSelector=workflows.argoproj.io/workflow={run.name}"
+        )["items"]
+        return any(HOLD in (p["metadata"].get("annotations") or {}) for p in pods)
+
+    wait_for("the held pod", held)
+    cluster.kubectl(
+        "patch", "workflow", run.name, "-n", namespace,
+        "--type=merge", "-p", '{"spec": {"shutdown": "Stop"}}',
+    )  # fmt: skip
+
+
+def _drive(cluster: Cluster, namespace: str, kubelet: Kubelet, runs: dict[str, Run]) -> None:
+    """Run exit-handler pods as they come until every Workflow has finished."""
+    deadline = time.monotonic() + 300
+    while True:
+        kubelet.run_pending()
+        pending = []
+        for run in runs.values():
+            workflow = cluster.api.get(
+                f"/apis/argoproj.io/v1alpha1/namespaces/{namespace}/workflows/{run.name}"
+            )
+            run.workflow = workflow
+            if workflow.get("status", {}).get("phase") not in ("Succeeded", "Failed", "Error"):
+                pending.append(run.name)
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"still running after 300 s: {pending}\n{cluster.processes.tails()}"
+            )
+        time.sleep(0.3)
+
+
+# --- the scenarios ------------------------------------------------------------------------
+
+
+class Phase(str):
+    """A Workflow's phase that shows its nodes when an assertion on it fails."""
+
+    nodes: str
+
+    def __repr__(self) -> str:
+        return f"{str(self)!r} (nodes: {self.nodes})"
+
+
+def phase(ns: Namespace, scenario: str) -> Phase:
+    workflow = ns.runs[scenario].workflow
+    assert workflow is not None
+    found = Phase(workflow["status"]["phase"])
+    found.nodes = "; ".join(
+        f"{n['displayName']} {n['phase']} {n.get('message', '')}".strip()
+        for n in workflow["status"].get("nodes", {}).values()
+    )
+    return found
+
+
+def exit_codes(ns: Namespace, scenario: str) -> list[int]:
+    return [ran.exit_code for ran in ns.pods[scenario]]
+
+
+def event_body(ns: Namespace, scenario: str) -> dict[str, Any]:
+    name = ns.runs[scenario].name
+    assert name in ns.events, f"no event for {scenario} ({name}); got {sorted(ns.events)}"
+    data = json.loads(ns.events[name]["sensor"]["data"])
+    body: dict[str, Any] = data.get("body", data)
+    return body
+
+
+def seed_fires(ns: Namespace, scenario: str) -> bool:
+    event = ns.events[ns.runs[scenario].name]
+    answer = evaluate(V19, [{"bus": event["bus"]}], [SEED_SENSOR])
+    return fires(answer["results"][0][0])
+
+
+def node_phases(ns: Namespace, scenario: str, match: Callable[[dict[str, Any]], bool]) -> list[str]:
+    workflow = ns.runs[scenario].workflow
+    assert workflow is not None
+    return [n["phase"] for n in workflow["status"]["nodes"].values() if match(n)]
+
+
+def test_a_succeeded_run_publishes_the_model_it_pushed(namespace: Namespace) -> None:
+    ns = namespace
+    assert phase(ns, "succeeded") == "Succeeded"
+    assert exit_codes(ns, "succeeded") == [0]
+    (ran,) = ns.pods["succeeded"]
+    assert f"--workflow-uid={ns.runs['succeeded'].uid}" in ran.argv
+    assert "--status=Succeeded" in ran.argv
+    body = event_body(ns, "succeeded")
+    assert body["status"] == "succeeded"
+    assert body["pipelineName"] == "penguin-pipeline"
+    assert body["workflowName"] == ns.runs["succeeded"].name
+    assert body["namespace"] == ns.name
+    assert [a["location"] for a in body["servingModelArtifacts"]] == [ns.runs["succeeded"].pushed]
+    assert seed_fires(ns, "succeeded")
+
+
+def test_a_failed_run_carries_the_failures_the_controller_filled(namespace: Namespace) -> None:
+    ns = namespace
+    assert phase(ns, "failed") == "Failed"
+    assert exit_codes(ns, "failed") == [0]
+    body = event_body(ns, "failed")
+    assert body["status"] == "failed"
+    trainer = [f for f in body["failures"] if f.get("templateName") == "trainer"]
+    assert trainer, body["failures"]
+    assert "exit code 1" in trainer[0]["message"]
+    assert not seed_fires(ns, "failed")
+
+
+def test_exit_3_is_retried_and_the_stream_stores_one_event(
+    namespace: Namespace, nats: tuple[NatsServer, NatsProxy, str]
+) -> None:
+    ns = namespace
+    assert exit_codes(ns, "exit-3-then-0") == [3, 0]
+    assert phase(ns, "exit-3-then-0") == "Succeeded"
+    name = ns.runs["exit-3-then-0"].name
+    stored = [m for m in stream_messages(nats[0].url, STREAM) if name.encode() in m.data]
+    assert len(stored) == 1, [m.headers for m in stored]
+
+
+def test_bad_input_exits_2_once_and_fails_the_run(namespace: Namespace) -> None:
+    ns = namespace
+    assert exit_codes(ns, "exit-2") == [2]
+    assert "pipeline-root" in ns.pods["exit-2"][0].stderr
+    assert phase(ns, "exit-2") == "Failed"
+    assert ns.runs["exit-2"].name not in ns.events
+
+
+def test_a_users_exit_handler_runs_beside_ours(namespace: Namespace) -> None:
+    ns = namespace
+    assert phase(ns, "user-exit-handler") == "Succeeded"
+    assert exit_codes(ns, "user-exit-handler") == [0]
+    assert node_phases(ns, "user-exit-handler", lambda n: n.get("templateName") == "notify") == [
+        "Succeeded"
+    ]
+    assert event_body(ns, "user-exit-handler")["pipelineName"] == "penguin-pipeline-with-exit"
+
+
+def test_continue_on_failure_keeps_the_run_succeeded(namespace: Namespace) -> None:
+    ns = namespace
+    assert exit_codes(ns, "continue-on-failure") == [2]
+    assert phase(ns, "continue-on-failure") == "Succeeded"
+
+
+def test_a_stopped_run_still_runs_the_exit_handler(namespace: Namespace) -> None:
+    ns = namespace
+    assert phase(ns, "stopped") == "Failed"
+    assert ns.runs["stopped"].workflow is not None
+    assert "Stopped" in ns.runs["stopped"].workflow["status"].get("message", "")
+    assert exit_codes(ns, "stopped") == [0]
+    assert event_body(ns, "stopped")["status"] == "failed"
+
+
+def test_the_cluster_workflow_template_publishes_too(namespace: Namespace) -> None:
+    ns = namespace
+    assert phase(ns, "cluster-template") == "Succeeded"
+    assert exit_codes(ns, "cluster-template") == [0]
+    body = event_body(ns, "cluster-template")
+    assert [a["location"] for a in body["servingModelArtifacts"]] == [
+        ns.runs["cluster-template"].pushed
+    ]
+    assert seed_fires(ns, "cluster-template")
