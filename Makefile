@@ -29,7 +29,7 @@ conformance: $(VENV)/.installed
 
 # Argo's real controller runs injected pipelines on a real kube-apiserver, etcd and kwok (e2e/).
 e2e: $(VENV)/.installed
-	EXIT_HANDLER_REQUIRE_GO=1 $(PY) -m pytest -m e2e -s
+	EXIT_HANDLER_REQUIRE_GO=1 $(PY) -m pytest -m e2e
 
 # The whole suite: slow tests (over 30 s, or that install packages) and conformance. CI runs it.
 test-all: lint

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from e2e_cluster import SUMMARY
 
 from exit_handler.cli import main
 from exit_handler.testing import FakeGcsServer, NatsServer
@@ -107,3 +108,11 @@ def base_args(
 def write(path: Path, text: str) -> str:
     path.write_text(text)
     return str(path)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """What the e2e run measured and could not exercise, after the results, even when captured."""
+    if SUMMARY:
+        terminalreporter.section("e2e")
+        for line in SUMMARY:
+            terminalreporter.write_line(line)

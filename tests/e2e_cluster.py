@@ -42,6 +42,7 @@ CONTROLLERS = ("argo-workflows-v3.5.14", "argo-workflows-v3.6.18")
 NODE = "kwok-node-0"
 OUR_POD_LABEL = "app.kubernetes.io/name=kfp-exit-handler"
 _STOP_GRACE_S = 10
+SUMMARY: list[str] = []  # lines for the end of the pytest report (conftest.py prints them)
 
 
 @dataclass
