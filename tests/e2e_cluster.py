@@ -213,16 +213,17 @@ class Cluster:
 
 
 def _module_dir(folder: Path, module: str) -> Path:
-    """Where the Go module cache holds MODULE at the version FOLDER's go.mod pins."""
+    """Where the Go module cache holds MODULE at the version FOLDER's go.mod pins; downloads
+    it (checked against go.sum) when a cold cache does not have it yet."""
     done = subprocess.run(
-        [go(), "list", "-m", "-f", "{{.Dir}}", module],
+        [go(), "mod", "download", "-json", module],
         cwd=folder,
         capture_output=True,
         text=True,
         check=True,
         env={**os.environ, "GOFLAGS": "-mod=readonly", "GOWORK": "off"},
     )
-    return Path(done.stdout.strip())
+    return Path(json.loads(done.stdout)["Dir"])
 
 
 def start_control_plane(workdir: Path, processes: Processes) -> Cluster:
