@@ -310,7 +310,7 @@ def gcs_endpoint(endpoint: str) -> Iterator[None]:
 
 
 def handler_discovery(bucket: str, created_at: datetime) -> list[str]:
-    """The product's own discovery (SPEC §3), as `publish` runs it, with a fresh client."""
+    """The product's own discovery (README), as `publish` runs it, with a fresh client."""
     lister = RootLister(
         PipelineRoot.parse(f"gs://{bucket}/{PIPELINE}"),
         window_start=created_at,

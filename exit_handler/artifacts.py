@@ -1,8 +1,8 @@
-"""Which artifacts the event names (SPEC §3.4, §4).
+"""Which artifacts the event names (README).
 
 `servingModelArtifacts` lists every pushed model version of this run (deprecated by the
 seed, kept); `artifacts` resolves the pipeline author's Run Artifact Definitions against
-this run's executions, in the order §3 gives them.
+this run's executions, in the order the README's discovery rules give them.
 """
 
 from __future__ import annotations

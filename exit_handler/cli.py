@@ -83,6 +83,19 @@ def build_parser() -> Parser:
     )
     inject.add_argument("--debug", action="store_true", help="tracebacks on errors")
     inject.set_defaults(run=_inject)
+    schema = commands.add_parser(
+        "schema",
+        help="print the event's JSON Schema (draft 2020-12)",
+        description="Print the JSON Schema of the event data, or with --mode of the whole "
+        "event as it travels in that content mode. No network, no settings.",
+        allow_abbrev=False,
+    )
+    schema.add_argument(
+        "--mode",
+        choices=("binary", "structured"),
+        help="binary: the NATS headers and the data; structured: the CloudEvent JSON",
+    )
+    schema.set_defaults(run=_schema)
     return parser
 
 
@@ -93,7 +106,7 @@ def main(
     stderr: TextIO | None = None,
     stdin: TextIO | None = None,
 ) -> int:
-    """Run the command; return its exit status (SPEC §6)."""
+    """Run the command; return its exit status (README, Running it)."""
     context = Context(
         environ=os.environ if environ is None else environ,
         stdin=stdin or sys.stdin,
@@ -151,6 +164,15 @@ def _inject(args: argparse.Namespace, context: Context) -> None:
     check_names(options, args.output_parameter)
     workflow = read_workflow(args.workflow, context.stdin)
     write_workflow(inject(workflow, options), args.output, context.stdout)
+
+
+def _schema(args: argparse.Namespace, context: Context) -> None:
+    import json
+
+    from exit_handler.schema import schema
+
+    json.dump(schema(args.mode), context.stdout, indent=2, ensure_ascii=False)
+    context.stdout.write("\n")
 
 
 def _log_format(value: str | None) -> str:

@@ -1,4 +1,4 @@
-"""Publish the message on NATS and confirm it (SPEC §7).
+"""Publish the message on NATS and confirm it (README, Delivery).
 
 Every attempt connects, chooses core or JetStream, publishes and confirms; a transient
 failure anywhere closes the connection and starts again with backoff, inside the one
@@ -232,7 +232,7 @@ def _supports_headers(nc: NATS) -> bool:
 async def _stream_for(
     nc: NATS, settings: NatsSettings, deadline: Deadline, errors: _ServerErrors
 ) -> str | None:
-    """The stream covering the subject, or None for core delivery (SPEC §7 `auto`)."""
+    """The stream covering the subject, or None for core delivery (`--delivery auto`)."""
     if settings.delivery == "core":
         return None
     from nats import errors as nats_errors

@@ -1,4 +1,4 @@
-"""Exit statuses and the errors that map to them (SPEC §6).
+"""Exit statuses and the errors that map to them (README, Running it).
 
 Every failure the product expects is one of the exceptions below; `cli.main` turns
 it into a single line on stderr and the matching exit status. Anything else is a bug

@@ -1,4 +1,4 @@
-"""The run-completion CloudEvent (SPEC §2): its data, its attributes, its id.
+"""The run-completion CloudEvent (docs/events.md): its data, its attributes, its id.
 
 The event model stands apart from how it travels (`wire.py`): this module knows the
 schema that consumers filter on and nothing about NATS.
@@ -55,7 +55,7 @@ def event_data(
     artifacts: Sequence[Artifact],
     failure_limit: int = MAX_FAILURES_IN_EVENT,
 ) -> dict[str, Any]:
-    """The payload of §2.1: the seed's five keys first, then every known extra key."""
+    """The payload (docs/events.md): the seed's five keys first, then every known extra key."""
     data: dict[str, Any] = {
         "provider": provider,
         "status": run.status,

@@ -1,4 +1,4 @@
-"""`exit-handler inject`: opt a compiled pipeline into the run-completion exit handler (§8).
+"""`exit-handler inject`: opt a compiled pipeline into the run-completion exit handler.
 
 Reads an Argo Workflow compiled by the KFP v1 SDK or TFX `KubeflowDagRunner` and points
 `spec.onExit` at a small steps template whose step calls our WorkflowTemplate by

@@ -1,4 +1,4 @@
-"""Turn the command line and the environment into validated, typed options (SPEC §5).
+"""Turn the command line and the environment into validated, typed options (see --help).
 
 Every option may come from `EXIT_HANDLER_<OPTION>`; the command line wins, an empty value
 counts as not given. All bad fields are gathered into one error line. Secrets are read

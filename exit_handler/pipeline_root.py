@@ -1,4 +1,4 @@
-"""Find this run's executions of a component output under the pipeline root (SPEC §3).
+"""Find this run's executions of a component output under the pipeline root (README).
 
 TFX writes `{root}/{component}/{output}/{execution_id}/`, and the root is shared by every
 run of the pipeline. Listing costs one request per 1,000 execution prefixes plus one per

@@ -1,4 +1,4 @@
-"""What Argo tells the exit handler about the finished run (SPEC §2.1, §5).
+"""What Argo tells the exit handler about the finished run (docs/events.md).
 
 Argo hands over its template variables as text; this module turns that text into a
 validated `Run`. Every bad field is gathered so that one error line names them all.
@@ -18,7 +18,7 @@ from exit_handler.errors import InvalidFields
 log = logging.getLogger(__name__)
 
 # The names `exit-handler inject` gives the exit handler's own nodes: the onExit wrapper
-# template, and the step in it that calls the WorkflowTemplate by templateRef (§2.2).
+# template, and the step in it that calls the WorkflowTemplate by templateRef.
 WRAPPER = "run-completion-exit-handler"
 OUR_STEP = "publish-run-completion"
 OWN_NODES = (WRAPPER, OUR_STEP)

@@ -466,16 +466,60 @@ class Received:
     data: bytes
 
 
+def check_message(headers: Mapping[str, str], payload: bytes) -> None:
+    """Require a message the exit handler sent to satisfy the event's JSON Schema, with every
+    object closed (``schema.strict``): nothing the schema does not list. Raises
+    AssertionError naming every violation. Needs ``jsonschema`` (the ``test`` extra)."""
+    data = json.loads(payload)
+    mode: str | None = "binary"
+    instance: Any = {"headers": dict(headers), "data": data}
+    event_id, extra = headers.get("ce-id"), []
+    if headers.get("Content-Type") == "application/cloudevents+json":
+        mode, instance = "structured", data
+        event_id = data.get("id") if isinstance(data, dict) else None
+        extra = sorted(set(headers) - {"Content-Type", "Nats-Msg-Id", "Nats-Expected-Stream"})
+    elif not headers:  # a server before NATS 2.2 passes the payload alone
+        mode, instance = None, data
+    problems = [
+        f"{'/'.join(map(str, error.absolute_path)) or '(root)'}: {error.message}"
+        for error in _validator(mode).iter_errors(instance)
+    ]
+    if extra:
+        problems.append(f"headers: unexpected {extra}")
+    if headers and headers.get("Nats-Msg-Id") != event_id:
+        problems.append(f"headers: Nats-Msg-Id {headers.get('Nats-Msg-Id')!r} is not the id")
+    if problems:
+        raise AssertionError("the event breaks its schema: " + "; ".join(problems))
+
+
+_VALIDATORS: dict[str | None, Any] = {}
+
+
+def _validator(mode: str | None) -> Any:
+    if mode not in _VALIDATORS:
+        from jsonschema import Draft202012Validator
+
+        from exit_handler.schema import schema, strict
+
+        _VALIDATORS[mode] = Draft202012Validator(strict(schema(mode)))
+    return _VALIDATORS[mode]
+
+
 class Subscriber:
     """A core NATS subscription in a thread of its own, collecting what arrives.
 
     The exit handler runs its own event loop (``asyncio.run``), so a test or the demo that
     calls it synchronously needs its subscriber on another thread to receive concurrently.
+    Every message ``wait_for`` returns has passed ``check_message`` unless ``check=False``
+    (for subjects that carry other publishers' messages).
     """
 
-    def __init__(self, url: str, subject: str, **connect_options: object) -> None:
+    def __init__(
+        self, url: str, subject: str, *, check: bool = True, **connect_options: object
+    ) -> None:
         self.url = url
         self.subject = subject
+        self.check = check
         self.connect_options = connect_options
         self.messages: list[Received] = []
         self._ready = threading.Event()
@@ -500,7 +544,11 @@ class Subscriber:
         deadline = time.monotonic() + timeout
         while len(self.messages) < count and time.monotonic() < deadline:
             time.sleep(_POLL_S)
-        return list(self.messages)
+        received = list(self.messages)
+        if self.check:
+            for message in received:
+                check_message(message.headers, message.data)
+        return received
 
     def _main(self) -> None:
         try:

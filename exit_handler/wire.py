@@ -1,4 +1,4 @@
-"""How the CloudEvent travels on NATS (SPEC §2.3): binary or structured content mode.
+"""How the CloudEvent travels on NATS (docs/events.md): binary or structured content mode.
 
 A `Message` is exactly what goes on the wire; `--dry-run` prints it and delivery sends it.
 """

@@ -12,10 +12,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from cloudevents.core.v1.event import CloudEvent
 from e2e_cluster import SUMMARY
 
 from exit_handler.cli import main
-from exit_handler.testing import FakeGcsServer, NatsServer
+from exit_handler.testing import FakeGcsServer, NatsServer, check_message
 
 
 @dataclass
@@ -108,6 +109,21 @@ def base_args(
 def write(path: Path, text: str) -> str:
     path.write_text(text)
     return str(path)
+
+
+@pytest.fixture(autouse=True)
+def every_event_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every message `publish` builds in this process, sent or printed by --dry-run, must
+    satisfy the event's schema: a new test cannot skip the check. (Subscriber checks what
+    arrives from other processes.)"""
+    from exit_handler import publish, wire
+
+    def checked(event: CloudEvent, subject: str, mode: str) -> wire.Message:
+        message = wire.encode(event, subject, mode)
+        check_message(message.headers, message.payload)
+        return message
+
+    monkeypatch.setattr(publish, "encode", checked)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -1,4 +1,4 @@
-"""Unit tests of Run Artifact Definitions: paths, and loading them from JSON or YAML (SPEC §4)."""
+"""Unit tests of Run Artifact Definitions: paths, and loading them from JSON or YAML (README)."""
 
 from __future__ import annotations
 

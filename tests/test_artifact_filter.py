@@ -1,4 +1,4 @@
-"""Unit tests of the filter language of Run Artifact Definitions: go-bexpr's (SPEC §4).
+"""Unit tests of the filter language of Run Artifact Definitions: go-bexpr's (README).
 
 What go-bexpr itself does with each of these is checked by tests/test_conformance_bexpr.py,
 which sends every string literal of this file to the real go-bexpr; here are the intentions,

@@ -1,4 +1,4 @@
-"""What we ship, judged by Argo Workflows' own code on each release line KFP bundles (SPEC §8).
+"""What we ship, judged by Argo Workflows' own code on each release line KFP bundles (README).
 
 One harness per line in ``conformance/argo-workflows-vX.Y.Z/`` (the real module from the Go
 proxy, pinned by a committed go.sum; nothing upstream is copied here) reads a batch of
@@ -71,7 +71,7 @@ OPTIONS: dict[str, InjectOptions] = {
         pipeline_root="gs://ml-pipelines/fallback",
     ),
 }
-# (phase, exit code, message) of a failed attempt -> whether SPEC §8 wants it retried.
+# (phase, exit code, message) of a failed attempt -> whether our retryStrategy retries it.
 ATTEMPTS: list[tuple[str, str | None, str, bool]] = [
     ("Failed", "3", "Error (exit code 3)", True),  # NATS or GCS unavailable
     ("Failed", "137", "OOMKilled (exit code 137)", True),  # killed by a signal

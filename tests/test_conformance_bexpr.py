@@ -1,4 +1,4 @@
-"""Differential test of the filter language against the real hashicorp/go-bexpr (SPEC §4).
+"""Differential test of the filter language against the real hashicorp/go-bexpr (README).
 
 kfp-operator evaluates Run Artifact Definition filters with ``bexpr.CreateEvaluator(filter)``
 and ``Evaluate(properties)``: go-bexpr v0.1.14 at kfp-operator v0.7, v0.1.16 at its head. The

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import base_args, run_handler, write
@@ -33,7 +34,7 @@ def publish_through(
     server: NatsServer,
     *extra: str,
     env: dict[str, str] | None = None,
-    subscribe_with: Mapping[str, object] | None = None,
+    subscribe_with: Mapping[str, Any] | None = None,
 ) -> tuple[int, str, int]:
     """Run the handler against `server`; (exit status, stderr, messages received)."""
     with Subscriber(server.url, SUBJECT, **(subscribe_with or {})) as subscriber:

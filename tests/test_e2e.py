@@ -46,6 +46,7 @@ from exit_handler.testing import (
     FakeGcsServer,
     NatsServer,
     add_stream,
+    check_message,
     jetstream_client_auth,
     stream_messages,
 )
@@ -235,9 +236,12 @@ def namespace(
     events: dict[str, dict[str, Any]] = {}
     for item in listener.drain():
         event = item["event"]
-        data = json.loads(event["sensor"]["data"])
-        body = data.get("body", data)
-        events.setdefault(str(body.get("workflowName")), event)
+        view = json.loads(event["sensor"]["data"])  # {subject, header, body}: the Sensor's
+        check_message(
+            {name: values[0] for name, values in view["header"].items()},
+            json.dumps(view["body"]).encode(),
+        )
+        events.setdefault(str(view["body"].get("workflowName")), event)
     pods = {
         scenario_name: [r for r in kubelet.ran if r.pod.startswith(run.name + "-")]
         for scenario_name, run in runs.items()

@@ -1,4 +1,4 @@
-"""JetStream that is there but not answering is retried, never published core (SPEC §7).
+"""JetStream that is there but not answering is retried, never published core (README, Delivery).
 
 Against real servers: a three-server JetStream cluster with one server up (no meta
 leader), accounts with and without JetStream, streams at their limits, and a hub and a

@@ -109,7 +109,7 @@ def test_jetstream_rerun_stores_the_event_once(
     assert len(stored) == 1
     headers = stored[0].headers
     assert headers["Nats-Msg-Id"] == live[0].headers["Nats-Msg-Id"]
-    # Core subscribers see each publish: they de-duplicate on the id, as the SPEC says.
+    # Core subscribers see each publish: they de-duplicate on the id, as docs/events.md says.
     assert {message.headers["Nats-Msg-Id"] for message in live} == {headers["Nats-Msg-Id"]}
 
 
