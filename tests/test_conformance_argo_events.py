@@ -412,6 +412,37 @@ def test_what_reaches_the_sensor_binary_and_structured(
     assert "\\u003cpipeline\\u003e" in observed["binary-succeeded-odd-name"].real["sensor"]["data"]
 
 
+def documented_sensor_views() -> list[dict[str, Any]]:
+    """The Sensor's view ({subject, header, body}) as the README and docs/events.md show it."""
+    views = []
+    for path in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for text in re.findall(r"^```json\n(.*?)^```", path.read_text(), re.MULTILINE | re.DOTALL):
+            example = json.loads(text)
+            if isinstance(example, dict) and {"header", "body"} <= example.keys():
+                views.append(example)
+    return views
+
+
+def test_the_documented_sensor_views_have_the_listeners_shape(
+    observed: dict[str, Observed],
+) -> None:
+    """Keys and headers as the real listener hands them over, in each content mode."""
+    real = {
+        "application/json": observed["binary-succeeded-model"].data,
+        "application/cloudevents+json": observed["structured-failed"].data,
+    }
+    views = documented_sensor_views()
+    assert {view["header"]["Content-Type"][0] for view in views} == set(real)
+    for view in views:
+        seen = real[view["header"]["Content-Type"][0]]
+        assert list(view) == list(seen)  # subject, header, body, in that order
+        assert list(view["header"]) == list(seen["header"])  # sorted, as Go writes a map
+        assert all(isinstance(values, list) for values in view["header"].values())
+        document_body = view["body"].get("data", view["body"])
+        seen_body = seen["body"].get("data", seen["body"])
+        assert list(seen_body)[:5] == list(document_body)[:5]  # the seed's keys, in order
+
+
 def test_the_sensor_event_context_is_the_eventsources_not_the_cloudevents(
     line: str, observed: dict[str, Observed]
 ) -> None:
