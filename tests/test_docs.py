@@ -82,7 +82,9 @@ def test_no_file_points_outside_the_repository() -> None:
     found = [
         f"{name}:{number}"
         for name in tracked
-        if (REPO / name).is_file() and not name.startswith("tests/fixtures/")
+        if (REPO / name).is_file()
+        and not name.startswith("tests/fixtures/")
+        and name != "tests/test_docs.py"  # the pattern below names what it looks for
         for number, line in enumerate((REPO / name).read_text(errors="replace").splitlines(), 1)
         if outside.search(line)
     ]
