@@ -13,11 +13,11 @@ import os
 import re
 import ssl
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
-from typing import TYPE_CHECKING, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from exit_handler.deadline import Deadline, backoff
 from exit_handler.errors import BadInput, Refused, Unavailable
@@ -31,6 +31,9 @@ _BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 # A component or output name becomes one path segment: no slash, no traversal.
 SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 REQUEST_TIMEOUT = 10.0
+# GCS's own default and maximum, asked for explicitly: an emulator that would not page
+# otherwise pages as GCS does.
+PAGE_SIZE = 1000
 T = TypeVar("T")
 
 
@@ -95,6 +98,14 @@ class Execution:
 def version_order(version: str) -> tuple[int, int, str]:
     """Execution ids only grow: numeric order first, other names after, lexicographically."""
     return (0, int(version), "") if version.isdigit() else (1, 0, version)
+
+
+class _Page(NamedTuple):
+    """One page of a GCS listing: its objects, its 'directories' and the next page's token."""
+
+    blobs: list[Any]
+    prefixes: set[str]
+    next_token: str | None
 
 
 @dataclass
@@ -179,34 +190,44 @@ class RootLister:
         return self._client
 
     def _prefixes(self, prefix: str) -> list[str]:
-        pages = self._storage().list_blobs(
-            self.root.bucket,
-            prefix=prefix,
-            delimiter="/",
-            fields="prefixes,nextPageToken",
-            retry=None,
-            timeout=self.deadline.cap(REQUEST_TIMEOUT),
-        )
-        for _ in pages.pages:
-            self.requests += 1
-        return [name[len(prefix) :].rstrip("/") for name in pages.prefixes]
+        names: set[str] = set()  # a prefix may come back on more than one page
+        for page in self._pages(prefix=prefix, delimiter="/", fields="prefixes,nextPageToken"):
+            names.update(name[len(prefix) :].rstrip("/") for name in page.prefixes)
+        return list(names)
 
     def _objects(self, prefix: str) -> list[StoredObject]:
-        pages = self._storage().list_blobs(
+        fields = "items(name,size,timeCreated,metadata),nextPageToken"
+        return [
+            StoredObject(blob.name, blob.size or 0, blob.time_created, blob.metadata or {})
+            for page in self._pages(prefix=prefix, fields=fields)
+            for blob in page.blobs
+        ]
+
+    def _pages(self, **query: str) -> Iterator[_Page]:
+        """Each page of a listing as its own request, retried on its own, with a timeout cut
+        to what is left of the deadline: a listing of many pages ends at `--timeout`."""
+        token: str | None = None
+        while True:
+            page = self._call(partial(self._page, token, query))
+            yield page
+            token = page.next_token
+            if not token:
+                return
+
+    def _page(self, token: str | None, query: dict[str, str]) -> _Page:
+        if self.deadline.expired():
+            raise TimeoutError("the deadline passed between two pages")
+        listing = self._storage().list_blobs(
             self.root.bucket,
-            prefix=prefix,
-            fields="items(name,size,timeCreated,metadata),nextPageToken",
+            page_token=token,
+            page_size=PAGE_SIZE,
             retry=None,
             timeout=self.deadline.cap(REQUEST_TIMEOUT),
+            **query,
         )
-        objects: list[StoredObject] = []
-        for page in pages.pages:
-            self.requests += 1
-            objects.extend(
-                StoredObject(blob.name, blob.size or 0, blob.time_created, blob.metadata or {})
-                for blob in page
-            )
-        return objects
+        page = next(listing.pages)
+        self.requests += 1
+        return _Page(list(page), set(page.prefixes), listing.next_page_token)
 
     def _call(self, request: Callable[[], T]) -> T:
         """Run one listing, retrying transient GCS errors with backoff inside the deadline.

@@ -99,12 +99,13 @@ Framing = Literal["length", "chunked", "close"]
 
 @dataclass(frozen=True)
 class _Fault:
-    kind: Literal["status", "hang", "reset", "cut"]
+    kind: Literal["status", "hang", "reset", "cut", "slow"]
     status: int = 0
     body: bytes = b""
     content_type: str = ""
     match: str | None = None
     framing: Framing = "length"
+    delay: float = 0.0
 
 
 class _ProxyHttpServer(ThreadingHTTPServer):
@@ -178,6 +179,9 @@ class _GcsHandler(BaseHTTPRequestHandler):
             self._answer(400, gcs_error_body(400, f"proxy: {err}").encode(), "application/json")
             return
         fault = proxy._record(self.command, self.path)
+        if fault is not None and fault.kind == "slow":
+            proxy._stopping.wait(fault.delay)
+            fault = None
         if fault is None or fault.kind == "cut":
             self._forward(body, fault)
         elif fault.kind == "status":
@@ -376,6 +380,11 @@ class GcsFaultProxy:
         (``chunked``), or delimited by the close alone (``close``, as HTTP/1.0 servers do:
         the client reads half a body as a whole one)."""
         self._queue(count, _Fault("cut", match=match, framing=framing))
+
+    def slow_next(self, count: int, seconds: float, *, match: str | None = None) -> None:
+        """Forward the next ``count`` requests after ``seconds`` each, as a backend under load
+        answers: every answer arrives, late."""
+        self._queue(count, _Fault("slow", delay=seconds, match=match))
 
     def clear(self) -> None:
         """Drop the faults not yet spent."""

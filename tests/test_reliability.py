@@ -19,6 +19,7 @@ from exit_handler.testing import (
     Subscriber,
     add_stream,
     stream_messages,
+    write_gcs_seed,
 )
 
 PUSHED = "penguin-pipeline/Pusher/pushed_model"
@@ -175,3 +176,40 @@ def test_gcs_that_never_answers_exits_3_at_the_deadline(
     assert received == []
     assert "GCS did not answer the listing" in result.stderr
     assert "before the deadline (4 s" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def many_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGcsServer]:
+    """A pushed model of 4,200 files (bucket `pages`): listing it takes five pages."""
+    data_dir = tmp_path_factory.mktemp("gcs-pages")
+    objects = {f"penguin-pipeline/Pusher/pushed_model/7/part-{n:05}": b"w" for n in range(4200)}
+    write_gcs_seed(data_dir, "pages", objects)
+    with FakeGcsServer(data_dir=data_dir, start_timeout=120) as server:
+        yield server
+
+
+def test_a_listing_of_many_pages_ends_at_the_deadline(
+    nats_server: NatsServer,
+    many_files: FakeGcsServer,
+    subject: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with GcsFaultProxy(many_files.endpoint) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.endpoint)
+        answered, _ = publish_through_gcs(nats_server, "pages", "2026-11-26T10:00:00Z", subject)
+        assert answered.status == 0, answered.stderr
+        pages = [path for _, path in proxy.requests if "pushed_model%2F7%2F" in path]
+        assert len(pages) >= 5  # the listing really pages
+        # Every answer arrives, each in 1.8 s: within the per-request timeout, but five pages
+        # outlast --timeout=4. The handler stops at the deadline, not after the last page.
+        proxy.slow_next(1000, 1.8)
+        started = time.monotonic()
+        result, received = publish_through_gcs(
+            nats_server, "pages", "2026-11-26T10:00:00Z", subject, "--timeout=4"
+        )
+        elapsed = time.monotonic() - started
+        proxy.clear()
+    assert result.status == 3, result.stderr
+    assert 4 <= elapsed < 7
+    assert received == []
+    assert "GCS did not answer the listing" in result.stderr
