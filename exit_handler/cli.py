@@ -17,7 +17,14 @@ from typing import TextIO
 
 from exit_handler import logs
 from exit_handler.errors import BadInput, ExitHandlerError, ExitStatus
-from exit_handler.options import Parser, add_publish_options, read_options, with_environment
+from exit_handler.options import (
+    Parser,
+    add_delivery_options,
+    add_publish_options,
+    read_delivery,
+    read_options,
+    with_environment,
+)
 
 log = logging.getLogger(__name__)
 LOG_FORMATS = ("text", "json")
@@ -83,6 +90,17 @@ def build_parser() -> Parser:
     )
     inject.add_argument("--debug", action="store_true", help="tracebacks on errors")
     inject.set_defaults(run=_inject)
+    replay = commands.add_parser(
+        "replay",
+        help="send the events publish logged as unpublished",
+        description="Find the events that `publish` logged as unpublished (exit 3 or 4) in its "
+        "log, text or JSON, or read one message object as --dry-run prints it, and deliver "
+        "each with its original id, headers and payload under publish's delivery rules.",
+        allow_abbrev=False,
+    )
+    replay.add_argument("input", nargs="?", default="-", metavar="FILE|-", help="default: stdin")
+    add_delivery_options(replay)
+    replay.set_defaults(command_parser=replay, run=_replay)
     schema = commands.add_parser(
         "schema",
         help="print the event's JSON Schema (draft 2020-12)",
@@ -164,6 +182,27 @@ def _inject(args: argparse.Namespace, context: Context) -> None:
     check_names(options, args.output_parameter)
     workflow = read_workflow(args.workflow, context.stdin)
     write_workflow(inject(workflow, options), args.output, context.stdout)
+
+
+def _replay(args: argparse.Namespace, context: Context) -> None:
+    values = with_environment(args.command_parser, args, context.environ)
+    context.debug = bool(values.get("debug"))
+    logs.configure(_log_format(values.get("log_format")), context.stderr)
+    nats, timeout = read_delivery(values, context.environ)
+    from exit_handler.replay import MAX_INPUT, find_messages, replay
+
+    source = "stdin" if args.input == "-" else args.input
+    try:
+        if args.input == "-":
+            text = context.stdin.read(MAX_INPUT + 1)
+        else:
+            with open(args.input, encoding="utf-8") as file:
+                text = file.read(MAX_INPUT + 1)
+    except (OSError, UnicodeDecodeError) as err:
+        raise BadInput(f"bad input: {source}: {err}") from None
+    if len(text) > MAX_INPUT:
+        raise BadInput(f"bad input: {source}: over {MAX_INPUT} characters")
+    replay(find_messages(text, source), nats, timeout)
 
 
 def _schema(args: argparse.Namespace, context: Context) -> None:

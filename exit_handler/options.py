@@ -47,7 +47,6 @@ class Parser(argparse.ArgumentParser):
 
 def add_publish_options(parser: argparse.ArgumentParser) -> None:
     """The options of `exit-handler publish`; every default lives in `read_options`."""
-    add = parser.add_argument
     run = parser.add_argument_group("the run (Argo template variables)")
     run.add_argument("--status", help="{{workflow.status}}: Succeeded, Failed or Error")
     run.add_argument("--workflow-name", help="{{workflow.name}}")
@@ -79,13 +78,22 @@ def add_publish_options(parser: argparse.ArgumentParser) -> None:
     found.add_argument("--clock-skew", help="seconds of tolerance around the run, default 5")
     event = parser.add_argument_group("the event and its delivery")
     event.add_argument("--provider", help="data.provider and the CloudEvent source, default kfp")
-    event.add_argument("--nats-url", help="comma-separated nats:// or tls:// servers")
     event.add_argument("--subject", help="default events")
     event.add_argument("--content-mode", help="binary (default) or structured")
+    event.add_argument("--dry-run", action="store_true", default=None, help="print, do not publish")
+    add_delivery_options(parser, event)
+
+
+def add_delivery_options(
+    parser: argparse.ArgumentParser, group: argparse._ArgumentGroup | None = None
+) -> None:
+    """Where and how to deliver, with secrets and logging: shared by publish and replay."""
+    add = parser.add_argument
+    event = group or parser.add_argument_group("delivery")
+    event.add_argument("--nats-url", help="comma-separated nats:// or tls:// servers")
     event.add_argument("--delivery", help="auto (default), core or jetstream")
     event.add_argument("--jetstream-domain", help="the JetStream domain of the stream (leafnodes)")
     event.add_argument("--timeout", help="overall deadline in seconds, default 60")
-    event.add_argument("--dry-run", action="store_true", default=None, help="print, do not publish")
     secrets = parser.add_argument_group("NATS authentication and TLS (secrets from files or env)")
     secrets.add_argument("--nats-token-file", help="or EXIT_HANDLER_NATS_TOKEN")
     secrets.add_argument("--nats-user")
@@ -216,31 +224,62 @@ def read_options(values: Mapping[str, Any], environ: Mapping[str, str]) -> Optio
         clock_skew=check("--clock-skew", lambda: _seconds(get("clock_skew"), 5, 0), 5.0),
         artifacts=tuple(definitions),
         provider=check("--provider", lambda: _word(get("provider") or "kfp"), "kfp"),
-        nats=NatsSettings(
-            servers=check("--nats-url", lambda: _servers(get("nats_url") or DEFAULT_NATS_URL), ()),
-            subject=check("--subject", lambda: _subject(get("subject") or "events"), "events"),
-            delivery=check("--delivery", lambda: _choice(get("delivery"), DELIVERIES), "auto"),
-            jetstream_domain=check(
-                "--jetstream-domain", lambda: _domain(get("jetstream_domain")), None
-            ),
-            auth=check("NATS authentication", lambda: _auth(values, environ), NatsAuth()),
-            tls_ca=check("--nats-tls-ca", lambda: _file(get("nats_tls_ca")), None),
-            tls_cert=check("--nats-tls-cert", lambda: _file(get("nats_tls_cert")), None),
-            tls_key=check("--nats-tls-key", lambda: _file(get("nats_tls_key")), None),
-        ),
+        nats=_nats(values, environ, check, problems),
         content_mode=check(
             "--content-mode", lambda: _choice(get("content_mode"), CONTENT_MODES), "binary"
         ),
         timeout=check("--timeout", lambda: _seconds(get("timeout"), 60, 0.001), 60.0),
         dry_run=bool(get("dry_run")),
     )
-    if bool(options.nats.tls_cert) != bool(options.nats.tls_key):
-        problems.append("--nats-tls-cert and --nats-tls-key: give both or neither")
-    elif not problems:  # a CA, certificate or key that does not load is bad input, not an outage
-        check("--nats-tls-ca/--nats-tls-cert/--nats-tls-key", options.nats.tls_context, None)
     if problems:
         raise InvalidFields(problems)
     return options
+
+
+def read_delivery(
+    values: Mapping[str, Any], environ: Mapping[str, str]
+) -> tuple[NatsSettings, float]:
+    """The NATS settings and the deadline of `add_delivery_options`, validated together."""
+    problems: list[str] = []
+
+    def check(option: str, convert: Callable[[], T], fallback: T) -> T:
+        try:
+            return convert()
+        except (ValueError, OSError) as err:
+            problems.append(f"{option}: {err}")
+            return fallback
+
+    nats = _nats(values, environ, check, problems)
+    timeout = check("--timeout", lambda: _seconds(values.get("timeout"), 60, 0.001), 60.0)
+    if problems:
+        raise InvalidFields(problems)
+    return nats, timeout
+
+
+def _nats(
+    values: Mapping[str, Any],
+    environ: Mapping[str, str],
+    check: Callable[[str, Callable[[], Any], Any], Any],
+    problems: list[str],
+) -> NatsSettings:
+    get = values.get
+    nats = NatsSettings(
+        servers=check("--nats-url", lambda: _servers(get("nats_url") or DEFAULT_NATS_URL), ()),
+        subject=check("--subject", lambda: _subject(get("subject") or "events"), "events"),
+        delivery=check("--delivery", lambda: _choice(get("delivery"), DELIVERIES), "auto"),
+        jetstream_domain=check(
+            "--jetstream-domain", lambda: _domain(get("jetstream_domain")), None
+        ),
+        auth=check("NATS authentication", lambda: _auth(values, environ), NatsAuth()),
+        tls_ca=check("--nats-tls-ca", lambda: _file(get("nats_tls_ca")), None),
+        tls_cert=check("--nats-tls-cert", lambda: _file(get("nats_tls_cert")), None),
+        tls_key=check("--nats-tls-key", lambda: _file(get("nats_tls_key")), None),
+    )
+    if bool(nats.tls_cert) != bool(nats.tls_key):
+        problems.append("--nats-tls-cert and --nats-tls-key: give both or neither")
+    elif not problems:  # a CA, certificate or key that does not load is bad input, not an outage
+        check("--nats-tls-ca/--nats-tls-cert/--nats-tls-key", nats.tls_context, None)
+    return nats
 
 
 def _one_of(get: Callable[[str], Any], text: str, file: str) -> tuple[str, str] | None:

@@ -19,6 +19,7 @@ from exit_handler.errors import Refused, Unavailable
 from exit_handler.event import build_event, event_data, event_id
 from exit_handler.options import Options
 from exit_handler.pipeline_root import RootLister
+from exit_handler.replay import UNPUBLISHED
 from exit_handler.run import MAX_FAILURES_IN_EVENT
 from exit_handler.wire import Message, encode, fit
 
@@ -66,7 +67,7 @@ def publish(options: Options, *, stdout: TextIO, observed_at: datetime | None = 
         )
     except (Unavailable, Refused):
         replay = json.dumps(render(MAX_FAILURES_IN_EVENT).to_json(), ensure_ascii=False)
-        log.error("unpublished event (replay it with nats pub): %s", replay)
+        log.error("%s%s", UNPUBLISHED, replay)
         raise
     stream = f", stream {receipt.stream} seq {receipt.sequence}" if receipt.stream else ""
     duplicate = " (duplicate: already stored)" if receipt.duplicate else ""
