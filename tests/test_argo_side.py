@@ -3,12 +3,14 @@ run the way Argo would run it, against real nats-server and fake-gcs-server."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -141,14 +143,151 @@ def test_template_retries_exit_3_and_dead_pods_only_and_runs_locked_down() -> No
     }
 
 
+RESULT, DURATION = "kfp_exit_handler_result", "kfp_exit_handler_duration_seconds"
+# Argo's rule for metric names and label keys (3.6 also refuses the ':' earlier lines allowed).
+METRIC_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+# What labels may take: one value per pipeline and per namespace. A run's name, uid or id as a
+# label would make a series per run, kept by Prometheus for as long as it exists.
+BOUNDED_LABELS = {"inputs.parameters.pipeline-name", "inputs.parameters.namespace"}
+ENDED = ("Succeeded", "Failed", "Error")  # {{status}} of a step that has ended
+WHEN_ENDED = {"status", "duration"}  # what metrics read of the step that has ended
+WHEN = re.compile(r"\s*(\S+)\s*(==|!=)\s*(\S+)\s*")
+
+
+def metric_scope(phase: str) -> dict[str, str]:
+    """What the controller resolves a template's metrics with (prepareMetricScope, every line
+    from 3.1 to 3.6): the step's phase and duration, and its inputs."""
+    return {
+        "status": phase,
+        "duration": "12.000000",
+        "inputs.parameters.pipeline-name": "penguin-pipeline",
+        "inputs.parameters.namespace": "kubeflow",
+    }
+
+
+def argo_when(when: str, scope: dict[str, str]) -> bool:
+    """A metric's `when` as the controller decides it (shouldExecute): tags substituted, then
+    govaluate with bare words read as strings. Only the `==` and `!=` we use are modelled."""
+    if not when:
+        return True
+    found = WHEN.fullmatch(substitute(when, scope))
+    assert found, f"`when: {when}` is not a comparison this model knows"
+    left, operator, right = found.groups()
+    return (left == right) == (operator == "==")
+
+
+def emitted(template: dict[str, Any], phase: str) -> list[tuple[str, str, dict[str, str], str]]:
+    """(name, type, labels, value) of each metric the controller emits when a step of
+    `template` ends in `phase`; a tag the scope lacks fails, as it fails the emission."""
+    scope = metric_scope(phase)
+    found = []
+    for metric in template["metrics"]["prometheus"]:
+        if not argo_when(metric.get("when", ""), scope):
+            continue
+        (kind,) = {"counter", "gauge", "histogram"} & set(metric)
+        labels = {label["key"]: substitute(label["value"], scope) for label in metric["labels"]}
+        found.append((metric["name"], kind, labels, substitute(metric[kind]["value"], scope)))
+    return found
+
+
+def worst_case_seconds(template: dict[str, Any]) -> float:
+    """The longest a step of `template` can take: every attempt to its deadline, every backoff."""
+    retry = template["retryStrategy"]
+    limit = int(retry["limit"])
+    backoff = retry["backoff"]
+    first, factor = float(backoff["duration"].removesuffix("s")), float(backoff["factor"])
+    waits = sum(first * factor**n for n in range(limit))
+    return (limit + 1) * float(template["activeDeadlineSeconds"]) + waits
+
+
+def assert_metrics(template: dict[str, Any]) -> None:
+    """The metrics README "Operations" documents, as the controller would emit them."""
+    metrics = (template.get("metrics") or {}).get("prometheus") or []
+    assert metrics, "the publish template declares no Prometheus metrics"
+    helps: dict[str, set[str]] = {}
+    for metric in metrics:
+        assert METRIC_NAME.fullmatch(metric["name"]), metric["name"]
+        helps.setdefault(metric["name"], set()).add(metric["help"])
+        for label in metric["labels"]:
+            assert METRIC_NAME.fullmatch(label["key"]), label["key"]
+            bounded = set(VARIABLE.findall(label["value"])) <= BOUNDED_LABELS
+            assert bounded, f"a label that is not bounded: {label}"
+    # Prometheus refuses two helps for one name.
+    assert all(len(h) == 1 for h in helps.values()), helps
+    assert set(helps) == {RESULT, DURATION}
+    for phase in ENDED:
+        emits = emitted(template, phase)
+        results = [(labels, value) for name, kind, labels, value in emits if name == RESULT]
+        outcome = "published" if phase == "Succeeded" else "failed"
+        # One result per ended step, by outcome, pipeline and namespace.
+        assert results == [
+            ({"outcome": outcome, "pipeline": "penguin-pipeline", "namespace": "kubeflow"}, "1")
+        ], phase
+        durations = [(labels, value) for name, kind, labels, value in emits if name == DURATION]
+        # Only what was published: its Succeeded is final on every line, where from 3.4 a
+        # retried attempt's Failed or Error is emitted too.
+        wanted = [({"pipeline": "penguin-pipeline", "namespace": "kubeflow"}, "12.000000")]
+        assert durations == (wanted if phase == "Succeeded" else []), phase
+    assert {kind for name, kind, *_ in emitted(template, "Succeeded")} == {"counter", "histogram"}
+    (histogram,) = [m["histogram"] for m in metrics if m["name"] == DURATION]
+    buckets = [float(b) for b in histogram["buckets"]]
+    assert buckets == sorted(set(buckets))
+    assert buckets[-1] >= worst_case_seconds(template), "the last bucket is below the worst case"
+
+
+def test_template_emits_results_and_durations_for_prometheus() -> None:
+    (template,) = workflow_template()["spec"]["templates"]
+    assert_metrics(template)
+
+
+def without_metrics(template: dict[str, Any]) -> None:
+    del template["metrics"]
+
+
+def with_a_label_per_run(template: dict[str, Any]) -> None:
+    template["metrics"]["prometheus"][0]["labels"].append(
+        {"key": "workflow", "value": "{{inputs.parameters.workflow-name}}"}
+    )
+
+
+def without_the_failed_outcome(template: dict[str, Any]) -> None:
+    metrics = template["metrics"]["prometheus"]
+    metrics[:] = [m for m in metrics if {"key": "outcome", "value": "failed"} not in m["labels"]]
+
+
+def counting_every_status_as_published(template: dict[str, Any]) -> None:
+    template["metrics"]["prometheus"][0].pop("when")
+
+
+@pytest.mark.parametrize(
+    "break_it",
+    [
+        without_metrics,
+        with_a_label_per_run,
+        without_the_failed_outcome,
+        counting_every_status_as_published,
+    ],
+    ids=lambda breaks: breaks.__name__,
+)
+def test_the_metrics_check_catches(break_it: Callable[[dict[str, Any]], None]) -> None:
+    (template,) = copy.deepcopy(workflow_template()["spec"]["templates"])
+    break_it(template)
+    with pytest.raises(AssertionError):
+        assert_metrics(template)
+
+
 def substitute(text: str, values: dict[str, str]) -> str:
-    """Argo's `{{...}}` substitution; an unknown variable fails the test as it fails Argo."""
+    """Argo's `{{...}}` substitution; an unknown variable fails the test as it fails Argo.
+    A metric's {{status}} and {{duration}} stay as they are until given: the controller
+    resolves them only when the step has ended, and leaves them in the template until then."""
 
     def value(match: re.Match[str]) -> str:
         bounded = ARGO_TRUNC.fullmatch(match.group(1))
         if bounded:  # the one expression inject writes
             assert bounded[2] in values, f"unresolved {match.group(0)}"
             return argo_cut(values[bounded[2]], int(bounded[1]))
+        if match.group(1) in WHEN_ENDED and match.group(1) not in values:
+            return match.group(0)
         assert match.group(1) in values, f"unresolved {match.group(0)}"
         return values[match.group(1)]
 

@@ -14,7 +14,8 @@ manifests and answers, with that release's code:
   policy gate and, from v3.2, the expression evaluated by its own ``argoexpr``/``env``
   packages over the ``lastRetry.*`` keys its ``workflow/common`` names;
 - ``substitutions``: our exit step after its ``util/template.Replace``, as the controller
-  resolves it before it runs it.
+  resolves it before it runs it, and the publish template's metrics, as it resolves them when
+  the step ends.
 
 Injected workflows are made here, at test time, by ``exit_handler.inject.inject``: what is
 judged is always what inject writes today.
@@ -26,13 +27,14 @@ import copy
 import functools
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from go_harness import CONFORMANCE, run_harness
-from test_argo_side import MANIFESTS, our_step, substitute
+from test_argo_side import ENDED, MANIFESTS, assert_metrics, metric_scope, our_step, substitute
 
 from exit_handler.errors import BadInput
 from exit_handler.inject import FAILURES_BOUND, InjectOptions, inject
@@ -192,6 +194,72 @@ def broken() -> dict[str, tuple[dict[str, Any], str]]:
     }
 
 
+def with_metric(change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """The WorkflowTemplate with its first metric (the published result) changed."""
+    template = workflow_template()
+    change(template["spec"]["templates"][0]["metrics"]["prometheus"][0])
+    return template
+
+
+@functools.cache
+def broken_metrics() -> dict[str, tuple[dict[str, Any], str, set[str]]]:
+    """The publish template with a metric broken, by id: (template, what the error names, the
+    lines whose validation refuses it)."""
+    every = set(LINES)
+    colon_refused = {"v3.6.12"}  # Prometheus' legacy names allow ':'; Argo 3.6 no longer does
+    return {
+        "metric-name-with-dashes": (
+            with_metric(lambda m: m.update(name="kfp-exit-handler-result")),
+            "kfp-exit-handler-result",
+            every,
+        ),
+        "metric-name-with-colon": (
+            with_metric(lambda m: m.update(name="kfp:exit_handler_result")),
+            "kfp:exit_handler_result",
+            colon_refused,
+        ),
+        "metric-without-help": (with_metric(lambda m: m.update(help="")), "help", every),
+        "metric-label-key-with-dashes": (
+            with_metric(lambda m: m["labels"][1].update(key="pipeline-name")),
+            "pipeline-name",
+            every,
+        ),
+    }
+
+
+def metric_as_step(metric: dict[str, Any]) -> dict[str, Any]:
+    """A metric's text as a WorkflowStep, for the harness to resolve: computeMetrics puts each
+    metric, marshaled, through the same util/template.Replace, unresolved tags refused."""
+    (kind,) = {"counter", "gauge", "histogram"} & set(metric)
+    parameters = [{"name": label["key"], "value": label["value"]} for label in metric["labels"]]
+    parameters.append({"name": "metric-value", "value": metric[kind]["value"]})
+    return {
+        "name": metric["name"],
+        "when": metric.get("when", ""),
+        "arguments": {"parameters": parameters},
+    }
+
+
+def metric_substitutions() -> list[dict[str, Any]]:
+    """Each metric we ship against the scope the controller gives an ended step, and one with a
+    misspelled tag (lint lets `{{statuss}}` through: it checks only the prefixes it knows)."""
+    metrics = workflow_template()["spec"]["templates"][0]["metrics"]["prometheus"]
+    cases = [
+        {
+            "id": f"metric-{n}-{phase}",
+            "object": metric_as_step(metric),
+            "values": metric_scope(phase),
+        }
+        for n, metric in enumerate(metrics)
+        for phase in ENDED
+    ]
+    misspelled = metric_as_step({**metrics[0], "when": "{{statuss}} == Succeeded"})
+    cases.append(
+        {"id": "metric-misspelled", "object": misspelled, "values": metric_scope("Failed")}
+    )
+    return cases
+
+
 def unexported_output_parameter() -> dict[str, Any] | None:
     """`--output-parameter accuracy` on a pipeline that exports no `accuracy`; None when
     inject refuses it (what it should do: Argo refuses the whole Workflow)."""
@@ -256,6 +324,7 @@ def request(store: list[dict[str, Any]]) -> dict[str, Any]:
         "retryStrategy"
     )
     documents.append({"id": "misspelled-retrystrategy", "manifest": misspelled})
+    documents += [{"id": key, "manifest": value} for key, (value, *_) in broken_metrics().items()]
     strategy = workflow_template()["spec"]["templates"][0]["retryStrategy"]
     attempts = [
         {"phase": phase, "exitCode": code, "message": message}
@@ -289,7 +358,7 @@ def request(store: list[dict[str, Any]]) -> dict[str, Any]:
         "store": store,
         "documents": documents,
         "retries": [{"id": "ours", "retryStrategy": strategy, "attempts": attempts}, *probes],
-        "substitutions": substitutions,
+        "substitutions": [*substitutions, *metric_substitutions()],
     }
 
 
@@ -461,3 +530,42 @@ def test_argo_resolves_our_step_as_our_model_of_it_does(line: str) -> None:
 
 def by_name(answer: dict[str, Any]) -> dict[str, str]:
     return {p["name"]: p["value"] for p in answer["object"]["arguments"]["parameters"]}
+
+
+@each_line
+def test_argo_refuses_a_broken_metric_as_our_checks_do(line: str) -> None:
+    """The metrics we ship pass every check (test_what_we_ship_passes_every_check); these show
+    that the checks judge them: a name or label key Prometheus refuses, or a missing help."""
+    documents = by_id(judged(line), "documents")
+    for key, (template, named, refusing) in broken_metrics().items():
+        failed = failed_checks(documents[key])
+        if line in refusing:
+            assert set(failed) == TEMPLATE_CHECKS, (key, failed)
+            assert all(named in error for error in failed.values()), (key, failed)
+        else:
+            assert not failed, (key, failed)
+        # Our own check refuses them all, on every line.
+        with pytest.raises(AssertionError):
+            assert_metrics(template["spec"]["templates"][0])
+
+
+@each_line
+def test_argo_resolves_our_metrics_as_our_model_does(line: str) -> None:
+    """Every tag of every metric resolves from the scope the controller gives an ended step,
+    to what `substitute` resolves it to in `emitted` (the model test_argo_side checks the
+    metrics with); a misspelled tag, which lint lets through, fails."""
+    answers = by_id(judged(line), "substitutions")
+    metrics = workflow_template()["spec"]["templates"][0]["metrics"]["prometheus"]
+    for n, metric in enumerate(metrics):
+        for phase in ENDED:
+            answer = answers[f"metric-{n}-{phase}"]
+            assert not answer.get("error"), (n, phase, answer["error"])
+            scope = metric_scope(phase)
+            resolved = answer["object"]
+            assert resolved["when"] == substitute(metric.get("when", ""), scope)
+            (kind,) = {"counter", "gauge", "histogram"} & set(metric)
+            assert by_name(answer) == {
+                **{label["key"]: substitute(label["value"], scope) for label in metric["labels"]},
+                "metric-value": substitute(metric[kind]["value"], scope),
+            }
+    assert re.search(r"failed to resolve \{\{statuss\}\}", answers["metric-misspelled"]["error"])
