@@ -24,7 +24,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -667,9 +667,3 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 120) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout:g} s")
         time.sleep(0.3)
-
-
-def iter_documents(text: str) -> Iterator[dict[str, Any]]:
-    for document in yaml.safe_load_all(text):
-        if document:
-            yield document

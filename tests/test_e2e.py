@@ -208,29 +208,35 @@ def namespace(
     )  # fmt: skip
     cluster.start_controller(line, name)
 
-    first_attempt: set[str] = set()
+    runs: dict[str, Run] = {}
+    scenario_of: dict[str, Scenario] = {}  # by workflow name
+    attempted: set[str] = set()
 
     def before_run(pod: dict[str, Any]) -> None:
+        """JetStream acks are lost for the first exit pod of a run that asks for it."""
         workflow = pod["metadata"]["labels"]["workflows.argoproj.io/workflow"]
-        lose = runs_by_workflow.get(workflow) == "exit-3-then-0" and workflow not in first_attempt
-        first_attempt.add(workflow)
-        proxy.drop_acks = lose
+        proxy.drop_acks = scenario_of[workflow].lose_first_ack and workflow not in attempted
+        attempted.add(workflow)
 
     kubelet = Kubelet(cluster, name, VENV_BIN, before_run=before_run)
-    runs: dict[str, Run] = {}
-    runs_by_workflow: dict[str, str] = {}
     listener.drain()
     for scenario_name, scenario in SCENARIOS.items():
         run = _submit(cluster, name, scenario, gcs_server)
         runs[scenario_name] = run
-        runs_by_workflow[run.name] = scenario_name
-    stopping = threading.Thread(target=_stop_when_held, args=(cluster, name, runs["stopped"]))
-    stopping.start()
+        scenario_of[run.name] = scenario
+    stopping = [
+        threading.Thread(target=_stop_when_held, args=(cluster, name, runs[scenario_name]))
+        for scenario_name, scenario in SCENARIOS.items()
+        if scenario.stop
+    ]
+    for thread in stopping:
+        thread.start()
 
     try:
         _drive(cluster, name, kubelet, runs)
     finally:
-        stopping.join()
+        for thread in stopping:
+            thread.join()
         proxy.drop_acks = False
         cluster.processes.stop(line)
     events: dict[str, dict[str, Any]] = {}
