@@ -32,6 +32,8 @@ BUCKET = "ml-pipelines"
 ROOT = f"gs://{BUCKET}/penguin-pipeline"
 PUSHED = "penguin-pipeline/Pusher/pushed_model"
 CLOCK_SKEW = 1  # seconds; production keeps the default 5, runs are minutes apart
+# The pipeline author's Run Artifact Definition, as for kfp-operator: this run's pushed model.
+ARTIFACTS = '[{name: serving-model, path: "Pusher:pushed_model:0[pushed == 1]"}]'
 SEED_SENSOR_FILTERS = {"body.status": "succeeded", "body.pipelineName": "penguin-pipeline"}
 
 
@@ -56,6 +58,8 @@ def seed_pipeline_root(gcs: FakeGcsServer) -> str:
     for name, data in model.items():
         gcs.upload(BUCKET, f"{PUSHED}/103/{name}", data)
     say(f"  this run pushed        {ROOT}/Pusher/pushed_model/103/  (saved_model.pb, variables/)")
+    # The run ends (the exit handler starts) in a later second than it began, as real runs do.
+    time.sleep(max(0.0, start + 1 - time.time()))
     return created_at.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -112,6 +116,7 @@ def main() -> int:
             f"--created-at={created_at}",
             "--pipeline-name=penguin-pipeline",
             f"--pipeline-root={ROOT}",
+            f"--artifacts={ARTIFACTS}",
             "--failures=null",
             "--run-id=6c1a2f3e-0b9d-4c55-8e21-7d9f0a4b3c12",
             f"--nats-url={nats_server.url}",
@@ -138,8 +143,10 @@ def main() -> int:
             verdict = "match" if actual == wanted else "NO MATCH"
             say(f"  {path} == {wanted!r}: {actual!r} -> {verdict}")
         say(f"  sensor fires: {'yes' if matched else 'no'}; the model server loads")
-        for artifact in event["body"]["servingModelArtifacts"]:
-            say(f"    {artifact['location']}")
+        for artifact in event["body"]["artifacts"]:
+            say(f"    {artifact['location']}  (artifact {artifact['name']!r})")
+        body = event["body"]
+        say(f"  the run: {body['runStartTime']} to {body['runEndTime']}")
         say("\n== 6. With a JetStream stream: a retried exit-handler pod re-sends the same id")
         add_stream(nats_server.url, "EVENTS", "events")
         for _ in range(2):
@@ -147,7 +154,8 @@ def main() -> int:
         stored = len(stream_messages(nats_server.url, "EVENTS"))
         say(f"  messages stored in stream EVENTS after two runs: {stored} (de-duplicated on ce-id)")
         say("\n== 7. Servers stopped. Nothing else was left running.")
-        return 0 if matched and stored == 1 else 1
+        ordered = body["runStartTime"] < body["runEndTime"]
+        return 0 if matched and stored == 1 and body["artifacts"] and ordered else 1
 
 
 if __name__ == "__main__":
