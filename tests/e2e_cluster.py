@@ -6,7 +6,8 @@ workflow-controller. There is no container runtime: kwok plays the one node and 
 through their phases by the Stages in `e2e/kwok-stages.yaml` (its own pod-ready and
 pod-delete, plus two for Workflow pods); `Kubelet` runs the exit handler's own container on
 this machine, from the Pod exactly as the controller wrote it, the way the kubelet and Argo's
-executor would, then finishes the Pod with the exit code the command returned.
+executor would, then finishes the Pod with the exit code the command returned; for the steps
+kwok completes it writes the WorkflowTaskResult that Argo's executor would report.
 
 Every process runs in its own session with its log in the work directory and is stopped by
 PID, newest first.
@@ -418,6 +419,8 @@ class Kubelet:
     artifacts written at their paths, the command after emissary's `--` with `$(VAR)`s in
     it expanded; then the Pod's status becomes what the kubelet reports for that exit code.
     Paths inside the pod are mapped under the root (there is no mount namespace here).
+    For the steps kwok completes it writes what Argo's wait container reports, the
+    WorkflowTaskResult of their declared outputs: no executor runs here.
     """
 
     cluster: Cluster
