@@ -140,6 +140,9 @@ def main(
         if context.debug:
             traceback.print_exc(file=context.stderr)
         return err.status
+    except BrokenPipeError:  # the reader went away (`| head`): not a bug, nothing to add
+        log.error("stdout was closed before the output was written")
+        return ExitStatus.ERROR
     except Exception as err:  # a bug: say so in one line, trace only on request
         log.error("internal error (a bug, please report it): %s: %s", type(err).__name__, err)
         if context.debug:
@@ -229,6 +232,9 @@ def run() -> None:
     """
     status = main()
     logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BrokenPipeError:  # its reader went away: what is left cannot be delivered
+            status = status or ExitStatus.ERROR
     os._exit(status)

@@ -111,3 +111,21 @@ def test_the_shipped_schema_accepts_a_key_added_later() -> None:
     payload["dataschema"] = "urn:example"
     assert list(Draft202012Validator(printed("--mode", "structured")).iter_errors(payload)) == []
     assert list(Draft202012Validator(printed()).iter_errors(payload["data"])) == []
+
+
+def test_a_reader_that_goes_away_is_not_reported_as_a_bug() -> None:
+    """`exit-handler schema | head -1`: the pipe closes before the schema is written."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from exit_handler.cli import run; run()", "schema"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    assert b"internal error" not in stderr
+    assert b"Traceback" not in stderr
