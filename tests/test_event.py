@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
+import pytest
 from cloudevents.core.formats.json import JSONFormat
+from conftest import run_handler
 
 from exit_handler.event import Artifact, build_event, event_data, event_id
 from exit_handler.run import Failure, Run
@@ -134,3 +141,50 @@ def test_fit_drops_failures_until_the_message_fits() -> None:
     assert len(json.loads(fitted.payload)["failures"]) == 19
     assert fitted.headers["Nats-Msg-Id"] == event_id(run)  # the id counts every failure
     assert fit(render, full, 20).size() == full
+
+
+# --- the id's test vectors: part of the contract (docs/event-id-vectors.json) -------------
+
+VECTORS = json.loads((Path(__file__).parent.parent / "docs" / "event-id-vectors.json").read_text())
+OWN = ("run-completion-exit-handler", "publish-run-completion")
+
+
+def documented_id(vector: dict[str, Any]) -> str:
+    """The id as docs/events.md defines it, computed without the project's code."""
+    status = "succeeded" if vector["status"] == "Succeeded" else "failed"
+    failures = sorted(
+        [f["displayName"], f["templateName"], f["phase"], f["message"]]
+        for f in vector["failures"] or []
+        if f["templateName"] not in OWN and re.sub(r"\(\d+\)$", "", f["displayName"]) not in OWN
+    )
+    canonical = json.dumps(failures, ensure_ascii=False, separators=(",", ":"))
+    digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    namespace = uuid.UUID("6f1c3e2a-8d4b-5c7e-9a10-4b2f6d8e0c31")
+    return str(uuid.uuid5(namespace, f"{vector['workflowUid']}/{status}/{digest}"))
+
+
+@pytest.mark.parametrize("vector", VECTORS, ids=[v["description"] for v in VECTORS])
+def test_the_published_id_is_the_vectors(vector: dict[str, Any]) -> None:
+    failures = vector["failures"]
+    result = run_handler(
+        "publish",
+        "--dry-run",
+        f"--status={vector['status']}",
+        "--workflow-name=penguin-pipeline-x7k2p",
+        f"--workflow-uid={vector['workflowUid']}",
+        "--pipeline-name=penguin-pipeline",
+        "--failures=" + (json.dumps(json.dumps(failures)) if failures is not None else "null"),
+    )
+    assert result.status == 0, result.stderr
+    assert json.loads(result.stdout)["headers"]["ce-id"] == vector["id"]
+
+
+@pytest.mark.parametrize("vector", VECTORS, ids=[v["description"] for v in VECTORS])
+def test_the_documented_algorithm_gives_the_vectors(vector: dict[str, Any]) -> None:
+    assert documented_id(vector) == vector["id"]
+
+
+def test_the_vectors_cover_what_consumers_must_reproduce() -> None:
+    ids = [v["id"] for v in VECTORS]
+    assert len(set(ids)) >= 5  # distinct outcomes, and the cases that share an id
+    assert any(not str(v["failures"]).isascii() for v in VECTORS)
