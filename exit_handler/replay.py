@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 
 from exit_handler.deadline import Deadline
 from exit_handler.delivery import NatsSettings, deliver
@@ -21,6 +22,8 @@ from exit_handler.wire import MSG_ID_HEADER, Message
 
 log = logging.getLogger(__name__)
 UNPUBLISHED = "unpublished event (replay it with exit-handler replay): "
+# Also what earlier releases logged: "unpublished event (replay it with nats pub): ".
+_MARKER = re.compile(r"unpublished event \(replay it with [^)]*\): ")
 MAX_INPUT = 64 * 1024 * 1024
 
 
@@ -57,8 +60,8 @@ def _logged_event(line: str) -> str | None:
             entry = None
         if isinstance(entry, dict) and isinstance(entry.get("message"), str):
             text = entry["message"]
-    at = text.find(UNPUBLISHED)
-    return None if at < 0 else text[at + len(UNPUBLISHED) :]
+    found = _MARKER.search(text)
+    return None if found is None else text[found.end() :]
 
 
 def _message(found: object, where: str) -> Message:

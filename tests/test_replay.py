@@ -131,3 +131,14 @@ def test_a_missing_file_is_bad_input() -> None:
     result = replay("", "/nonexistent/exit-handler.log")
     assert result.status == 2
     assert "/nonexistent/exit-handler.log" in result.stderr
+
+
+def test_a_log_of_an_earlier_release_is_replayed_too(nats_server: NatsServer, subject: str) -> None:
+    logged = unpublished(subject).stderr.replace(
+        "(replay it with exit-handler replay)", "(replay it with nats pub)"
+    )
+    with Subscriber(nats_server.url, subject) as subscriber:
+        result = replay(logged, f"--nats-url={nats_server.url}", "--delivery=core")
+        received = subscriber.wait_for(1)
+    assert result.status == 0, result.stderr
+    assert len(received) == 1
