@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -81,7 +82,9 @@ def lookup(event: dict[str, Any], path: str) -> object:
 
 
 def exit_handler(args: list[str], env: dict[str, str], *, show: bool = True) -> int:
-    say("  $ exit-handler " + (" \\\n      ".join(args) if show else "publish (same arguments)"))
+    # Quoted as a shell would need them, so the command can be pasted as shown.
+    shown = " \\\n      ".join(map(shlex.quote, args)) if show else "publish (same arguments)"
+    say(f"  $ exit-handler {shown}")
     done = subprocess.run(
         [sys.executable, "-m", "exit_handler", *args],
         env=env,
