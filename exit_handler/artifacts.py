@@ -50,6 +50,15 @@ def resolve(definitions: Sequence[ArtifactDefinition], lister: RootLister | None
     for definition in definitions:
         assert lister is not None  # for mypy: checked above whenever there are definitions
         executions = lister.executions(definition.component, definition.output)
+        if definition.component in lister.overlapping:
+            log.warning(
+                "artifact definition %r (%s) resolves to nothing: another run's %s ran in the "
+                "same seconds and its executions cannot be told from this run's",
+                definition.name,
+                definition.path,
+                definition.component,
+            )
+            continue
         if definition.index >= len(executions):
             log.info(
                 "artifact definition %r (%s) matched nothing: this run has %d executions of %s:%s",

@@ -12,10 +12,11 @@ import os
 import sys
 import traceback
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TextIO
 
 from exit_handler import logs
+from exit_handler.deadline import Deadline
 from exit_handler.errors import BadInput, ExitHandlerError, ExitStatus
 from exit_handler.options import (
     Parser,
@@ -23,6 +24,7 @@ from exit_handler.options import (
     add_publish_options,
     read_delivery,
     read_options,
+    read_timeout,
     with_environment,
 )
 
@@ -61,7 +63,9 @@ def build_parser() -> Parser:
         "inject",
         help="wire the exit handler into a compiled pipeline (Argo Workflow YAML)",
         description="Set spec.onExit of a compiled Argo Workflow to call the exit handler's "
-        "WorkflowTemplate; an existing onExit keeps running beside it.",
+        "WorkflowTemplate; an existing onExit keeps running beside it. The exit step reads the "
+        "Workflow object (its service account may get and patch workflows); --from-variables "
+        "passes the run as template variables instead.",
         allow_abbrev=False,
     )
     inject.add_argument("workflow", metavar="IN.yaml", help="the compiled workflow, - for stdin")
@@ -70,11 +74,16 @@ def build_parser() -> Parser:
         "--artifact", action="append", default=[], metavar="NAME=PATH", help="repeatable"
     )
     inject.add_argument(
+        "--from-variables",
+        action="store_true",
+        help="pass the run as template variables: for service accounts that may not get workflows",
+    )
+    inject.add_argument(
         "--output-parameter",
         action="append",
         default=[],
         metavar="NAME",
-        help="a global output that every run produces (repeatable)",
+        help="with --from-variables: a global output that every run produces (repeatable)",
     )
     inject.add_argument("--pipeline-root", help="when the workflow has no pipeline-root parameter")
     inject.add_argument("--provider", help="the event's provider and source, default kfp")
@@ -155,10 +164,16 @@ def _publish(args: argparse.Namespace, context: Context) -> None:
     values = with_environment(args.command_parser, args, context.environ)
     context.debug = bool(values.get("debug"))
     logs.configure(_log_format(values.get("log_format")), context.stderr)
-    options = read_options(values, context.environ)
+    deadline = Deadline(read_timeout(values))
+    workflow = kube = None
+    if values.get("workflow"):
+        from exit_handler.workflow import fetch
+
+        values, workflow, kube = fetch(values, vars(args), context.environ, deadline)
+    options = replace(read_options(values, context.environ), workflow=workflow, kube=kube)
     from exit_handler.publish import publish
 
-    publish(options, stdout=context.stdout)
+    publish(options, stdout=context.stdout, deadline=deadline)
 
 
 def _inject(args: argparse.Namespace, context: Context) -> None:
@@ -181,6 +196,7 @@ def _inject(args: argparse.Namespace, context: Context) -> None:
         artifacts=tuple(parse_artifact(text, n) for n, text in enumerate(args.artifact, 1)),
         output_parameters=tuple(args.output_parameter),
         continue_on_failure=args.continue_on_failure,
+        from_variables=args.from_variables,
     )
     check_names(options, args.output_parameter)
     workflow = read_workflow(args.workflow, context.stdin)

@@ -35,15 +35,17 @@ class Artifact:
 
 
 def event_id(run: Run) -> str:
-    """UUIDv5 over uid, status and the failures: a retried pod re-sends the same id.
+    """UUIDv5 over the run, status and the failures: a retried pod re-sends the same id.
 
-    A cut list keeps a different subset in every exit pod (Argo walks a Go map), so its
-    id stands for "more failures than fit" instead: retries of one run still agree.
+    The run is KFP's run id when there is one, else the Workflow's uid: the exit handler,
+    the backstop and an operator's replay all name one run alike. A cut list keeps a
+    different subset in every exit pod (Argo walks a Go map), so its id stands for "more
+    failures than fit" instead: retries of one run still agree.
     """
     failures = sorted(failure.identity() for failure in run.failures)
     canonical = json.dumps(failures, ensure_ascii=False, separators=(",", ":"))
     digest = "cut" if run.failures_cut else hashlib.sha256(canonical.encode()).hexdigest()
-    return str(uuid.uuid5(ID_NAMESPACE, f"{run.workflow_uid}/{run.status}/{digest}"))
+    return str(uuid.uuid5(ID_NAMESPACE, f"{run.run_id or run.workflow_uid}/{run.status}/{digest}"))
 
 
 def event_data(
@@ -53,6 +55,7 @@ def event_data(
     observed_at: datetime,
     serving_model_artifacts: Sequence[Artifact],
     artifacts: Sequence[Artifact],
+    overlapping: Sequence[str] = (),
     failure_limit: int = MAX_FAILURES_IN_EVENT,
 ) -> dict[str, Any]:
     """The payload (docs/events.md): the seed's five keys first, then every known extra key."""
@@ -68,12 +71,14 @@ def event_data(
         "workflowName": run.workflow_name,
         "namespace": run.namespace,
         "runStartTime": rfc3339(run.created_at) if run.created_at else None,
-        "runEndTime": rfc3339(observed_at),
+        "runEndTime": rfc3339(run.finished_at or observed_at),
     }
     if run.status == "failed" and run.failures and failure_limit > 0:
         data["failures"] = [failure.to_data() for failure in run.failures[:failure_limit]]
     if run.output_parameters:
         data["outputParameters"] = dict(run.output_parameters)
+    if overlapping:
+        data["overlappingComponents"] = sorted(overlapping)
     return {key: value for key, value in data.items() if value is not None}
 
 

@@ -23,6 +23,8 @@ from exit_handler.wire import CONTENT_MODES
 
 if TYPE_CHECKING:
     from exit_handler.artifact_definitions import ArtifactDefinition
+    from exit_handler.kube import KubeClient
+    from exit_handler.workflow import WorkflowRun
 
 ENV_PREFIX = "EXIT_HANDLER_"
 DEFAULT_NATS_URL = "nats://eventbus-kfp-operator-events-stan-svc.kfp-operator.svc:4222"
@@ -47,6 +49,13 @@ class Parser(argparse.ArgumentParser):
 
 def add_publish_options(parser: argparse.ArgumentParser) -> None:
     """The options of `exit-handler publish`; every default lives in `read_options`."""
+    source = parser.add_argument_group(
+        "the run from its Workflow object (the variables below stand in if the API refuses)"
+    )
+    source.add_argument("--workflow", help="read the Workflow NAME in --namespace from the API")
+    source.add_argument(
+        "--kubeconfig", help="default: the pod's service account, else KUBECONFIG, ~/.kube/config"
+    )
     run = parser.add_argument_group("the run (Argo template variables)")
     run.add_argument("--status", help="{{workflow.status}}: Succeeded, Failed or Error")
     run.add_argument("--workflow-name", help="{{workflow.name}}")
@@ -153,6 +162,9 @@ class Options:
     content_mode: str
     timeout: float
     dry_run: bool
+    # The Workflow object read (`--workflow`) and the client that marks it published.
+    workflow: WorkflowRun | None = None
+    kube: KubeClient | None = None
 
 
 def read_options(values: Mapping[str, Any], environ: Mapping[str, str]) -> Options:
@@ -192,12 +204,14 @@ def read_options(values: Mapping[str, Any], environ: Mapping[str, str]) -> Optio
                 workflow_uid=get("workflow_uid"),
                 namespace=get("namespace"),
                 created_at=get("created_at"),
+                finished_at=get("finished_at"),
                 run_id=get("run_id"),
                 run_name=get("run_name"),
                 run_configuration_name=get("run_configuration_name"),
                 failures=failures[1] if failures else None,
                 exit_templates=_list(get("exit_templates")) or OWN_NODES,
                 output_parameters=tuple(get("output_parameter") or ()),
+                outputs_resolved=bool(get("outputs_resolved")),
             )
         )
     except InvalidFields as err:
@@ -234,6 +248,17 @@ def read_options(values: Mapping[str, Any], environ: Mapping[str, str]) -> Optio
     if problems:
         raise InvalidFields(problems)
     return options
+
+
+def read_timeout(values: Mapping[str, Any]) -> float:
+    """`--timeout` alone: the deadline starts before the Workflow object is read.
+
+    A bad value counts as the default here; `read_options` names it with every other.
+    """
+    try:
+        return _seconds(values.get("timeout"), 60, 0.001)
+    except ValueError:
+        return 60.0
 
 
 def read_delivery(

@@ -108,14 +108,31 @@ class _Page(NamedTuple):
     next_token: str | None
 
 
+class Window(NamedTuple):
+    """When a component's node ran (from the Workflow object), skew included."""
+
+    start: datetime
+    end: datetime
+    attempts: int  # the node's pods: each writes at most one execution
+
+
 @dataclass
 class RootLister:
-    """Lists one pipeline root for one run; each component output is listed at most once."""
+    """Lists one pipeline root for one run; each component output is listed at most once.
+
+    Executions count when created inside the run's window, or inside the component's own
+    `Window` where the Workflow object told when its node ran: then two overlapping runs of
+    one pipeline each find their own executions. More executions inside a component's window
+    than its pods could write means another run's node ran in the same seconds: the
+    component is named in `overlapping`, for the event to say so instead of guessing.
+    """
 
     root: PipelineRoot
     window_start: datetime
     window_end: datetime
     deadline: Deadline
+    component_windows: Mapping[str, Window] = field(default_factory=dict)
+    overlapping: set[str] = field(default_factory=set)
     requests: int = 0
     _client: Client | None = None
     _cache: dict[tuple[str, str], list[Execution]] = field(default_factory=dict)
@@ -123,6 +140,9 @@ class RootLister:
     def executions(self, component: str, output: str) -> list[Execution]:
         """This run's executions of `component/output`, oldest first."""
         key = (component, output)
+        window = self.component_windows.get(component)
+        if window is not None and window.attempts == 0:
+            return []  # its node ran no pod in this run: nothing to list
         if key not in self._cache:
             self._cache[key] = self._list(component, output)
         return self._cache[key]
@@ -130,15 +150,17 @@ class RootLister:
     def _list(self, component: str, output: str) -> list[Execution]:
         prefix = self.root.output_prefix(component, output)
         versions = sorted(self._call(partial(self._prefixes, prefix)), key=version_order)
+        window = self.component_windows.get(component)
+        start, end = (window.start, window.end) if window else (self.window_start, self.window_end)
         found: list[Execution] = []
         for version in reversed(versions):
             objects = self._call(partial(self._objects, f"{prefix}{version}/"))
             if not objects:
                 continue
             created = min(blob.created for blob in objects)
-            if created < self.window_start:
+            if created < start:
                 break
-            if created > self.window_end:
+            if created > end:
                 continue
             found.append(self._execution(component, output, version, created, objects))
         found.reverse()
@@ -151,7 +173,22 @@ class RootLister:
             ", ".join(execution.version for execution in found) or "none",
             self.requests,
         )
-        if len(found) > 1:
+        if window is not None and len(found) > window.attempts:
+            self.overlapping.add(component)
+            log.warning(
+                "%s/%s has %d executions inside the %d s in which its node ran (%s), more than "
+                "its %d pods wrote: another run of the pipeline ran %s in the same seconds; "
+                "the event names %s in overlappingComponents",
+                component,
+                output,
+                len(found),
+                round((end - start).total_seconds()),
+                ", ".join(execution.version for execution in found),
+                window.attempts,
+                component,
+                component,
+            )
+        elif window is None and len(found) > 1:
             log.warning(
                 "%s/%s has %d executions inside this run's window (%s): overlapping runs "
                 "of the same pipeline? keeping them all",

@@ -101,6 +101,8 @@ class Run:
     workflow_uid: str
     namespace: str | None = None
     created_at: datetime | None = None
+    # When the run's entrypoint ended; known only from the Workflow object.
+    finished_at: datetime | None = None
     run_id: str | None = None
     run_name: str | None = None
     run_configuration_name: str | None = None
@@ -121,6 +123,7 @@ class RunText:
     workflow_uid: str | None = None
     namespace: str | None = None
     created_at: str | None = None
+    finished_at: str | None = None
     run_id: str | None = None
     run_name: str | None = None
     run_configuration_name: str | None = None
@@ -128,6 +131,8 @@ class RunText:
     # Template and step names of the exit handler's own nodes (`--exit-templates`).
     exit_templates: tuple[str, ...] = OWN_NODES
     output_parameters: tuple[str, ...] = ()
+    # The outputs were read from the Workflow: data, never an unresolved variable.
+    outputs_resolved: bool = False
 
 
 def read_run(text: RunText) -> Run:
@@ -146,12 +151,8 @@ def read_run(text: RunText) -> Run:
             ("--run-configuration-name", text.run_configuration_name, False),
         )
     }
-    created_at = None
-    if text.created_at:
-        try:
-            created_at = parse_timestamp(text.created_at)
-        except ValueError as err:
-            problems.append(f"--created-at: {err}")
+    created_at = _timestamp("--created-at", text.created_at, problems)
+    finished_at = _timestamp("--workflow: finishedAt", text.finished_at, problems)
     failures: tuple[Failure, ...] = ()
     cut = False
     try:
@@ -164,7 +165,7 @@ def read_run(text: RunText) -> Run:
         )
     except ValueError as err:
         problems.append(f"--failures: {err}")
-    parameters = _output_parameters(text.output_parameters, problems)
+    parameters = _output_parameters(text.output_parameters, problems, text.outputs_resolved)
     if problems:
         raise InvalidFields(problems)
     if cut:
@@ -181,6 +182,7 @@ def read_run(text: RunText) -> Run:
         workflow_uid=names["--workflow-uid"] or "",
         namespace=names["--namespace"],
         created_at=created_at,
+        finished_at=finished_at,
         run_id=names["--run-id"],
         run_name=names["--run-name"],
         run_configuration_name=names["--run-configuration-name"],
@@ -215,6 +217,16 @@ def _name(option: str, value: str | None, problems: list[str], *, required: bool
     elif not value.isprintable():
         problems.append(f"{option}: contains control characters or invalid UTF-8")
     return value
+
+
+def _timestamp(option: str, value: str | None, problems: list[str]) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return parse_timestamp(value)
+    except ValueError as err:
+        problems.append(f"{option}: {err}")
+        return None
 
 
 def parse_timestamp(value: str) -> datetime:
@@ -369,7 +381,9 @@ def _failure(number: int, entry: object) -> Failure:
     return Failure(*values)
 
 
-def _output_parameters(items: tuple[str, ...], problems: list[str]) -> dict[str, str]:
+def _output_parameters(
+    items: tuple[str, ...], problems: list[str], resolved: bool
+) -> dict[str, str]:
     parameters: dict[str, str] = {}
     for item in items:
         name, equals, value = item.partition("=")
@@ -377,8 +391,10 @@ def _output_parameters(items: tuple[str, ...], problems: list[str]) -> dict[str,
             problems.append(f"--output-parameter: {_show(item)} is not NAME=VALUE")
         elif name in parameters:
             problems.append(f"--output-parameter: {name} given twice")
-        elif "{{" in value:
+        elif "{{" in value and not resolved:
             problems.append(f"--output-parameter: {name} is an unresolved Argo variable")
+        elif len(value) > MAX_PARAMETER_VALUE and resolved:
+            log.warning("global output %s is longer than %d: left out", name, MAX_PARAMETER_VALUE)
         elif len(value) > MAX_PARAMETER_VALUE:
             problems.append(f"--output-parameter: {name} is longer than {MAX_PARAMETER_VALUE}")
         elif not is_unicode(value):

@@ -96,13 +96,24 @@ DATA: dict[str, Any] = {
             "type": "array",
             "items": _FAILURE,
             "maxItems": MAX_FAILURES_IN_EVENT,
-            "description": "Only for failed runs: Argo's failed nodes, in Argo's order, "
-            "without the exit handler's own.",
+            "description": "Only for failed runs: Argo's failed nodes without the exit "
+            "handler's own; in Argo's order, or by finishedAt when read from the Workflow.",
         },
         "outputParameters": {
             "type": "object",
             "additionalProperties": {"type": "string"},
-            "description": "The run's global output parameters named at inject time.",
+            "description": "The run's global output parameters: every one the Workflow "
+            "holds, or those named at inject time (--from-variables).",
+        },
+        "overlappingComponents": {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1},
+            "minItems": 1,
+            "uniqueItems": True,
+            "description": "Components whose node ran in the same seconds as another run's "
+            "of this pipeline: more executions fell inside their node's interval than its "
+            "pods wrote. Their artifact definitions resolve to nothing and "
+            "servingModelArtifacts lists every candidate; only when read from the Workflow.",
         },
     },
     "if": {"properties": {"status": {"const": "succeeded"}}},

@@ -160,7 +160,8 @@ def documented_id(vector: dict[str, Any]) -> str:
     canonical = json.dumps(failures, ensure_ascii=False, separators=(",", ":"))
     digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
     namespace = uuid.UUID("6f1c3e2a-8d4b-5c7e-9a10-4b2f6d8e0c31")
-    return str(uuid.uuid5(namespace, f"{vector['workflowUid']}/{status}/{digest}"))
+    run = vector.get("runId") or vector["workflowUid"]
+    return str(uuid.uuid5(namespace, f"{run}/{status}/{digest}"))
 
 
 @pytest.mark.parametrize("vector", VECTORS, ids=[v["description"] for v in VECTORS])
@@ -172,6 +173,7 @@ def test_the_published_id_is_the_vectors(vector: dict[str, Any]) -> None:
         f"--status={vector['status']}",
         "--workflow-name=penguin-pipeline-x7k2p",
         f"--workflow-uid={vector['workflowUid']}",
+        f"--run-id={vector.get('runId', '')}",
         "--pipeline-name=penguin-pipeline",
         "--failures=" + (json.dumps(json.dumps(failures)) if failures is not None else "null"),
     )
@@ -188,3 +190,4 @@ def test_the_vectors_cover_what_consumers_must_reproduce() -> None:
     ids = [v["id"] for v in VECTORS]
     assert len(set(ids)) >= 5  # distinct outcomes, and the cases that share an id
     assert any(not str(v["failures"]).isascii() for v in VECTORS)
+    assert any(v.get("runId") for v in VECTORS)
