@@ -3,7 +3,12 @@
 Reads an Argo Workflow compiled by the KFP v1 SDK or TFX `KubeflowDagRunner` and points
 `spec.onExit` at a small steps template whose step calls our WorkflowTemplate by
 `templateRef`. An existing `onExit` (from `dsl.ExitHandler`) keeps running beside ours.
-Injecting an injected workflow again gives the same workflow.
+Injecting an injected workflow again gives what injecting the original with the same options
+gives, whatever options it was injected with before.
+
+By default the step passes `workflow: {{workflow.name}}`: publish reads the Workflow object
+(status, failures, global outputs) and marks it published. `--from-variables` passes the run
+as template variables instead, for service accounts that may not read Workflows.
 """
 
 from __future__ import annotations
@@ -21,15 +26,21 @@ from exit_handler.artifact_definitions import DefinitionError, parse_definition
 from exit_handler.errors import BadInput
 from exit_handler.pipeline_root import PipelineRoot
 from exit_handler.run import OUR_STEP, OWN_NODES, WRAPPER, is_unicode
+from exit_handler.workflow import ROOT_PARAMETERS, pipeline_name
 
 USER_STEP = "pipeline-exit-handler"
+# On every injected Workflow: the backstop watches only runs that opted in.
+INJECTED_LABEL = "kfp-exit-handler/injected"
+OUTPUT_PARAMETER_IN_OBJECT_MODE = (
+    "bad input: --output-parameter: not needed: the Workflow object carries every global "
+    "output and publish reads them all; it is for --from-variables, which passes outputs by name"
+)
 # Bytes of `{{workflow.failures}}` passed on. Argo 3.2-3.5 put the resolved template, which
 # holds them twice (parameter and raw artifact), JSON-escaped into an environment variable
 # of every container, and Linux refuses one over 128 KiB (E2BIG): the pod never starts.
 # Escaping at most doubles Go-quoted text (only `"` and `\` grow), so the failures take at
 # most 4 x 24 KiB = 96 KiB, leaving 32 KiB for the rest (2.9 KB measured).
 FAILURES_BOUND = 24 * 1024
-ROOT_PARAMETERS = ("pipeline-root", "pipeline_root")
 MAX_INPUT = 16 * 1024 * 1024
 _ARGO_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 _PARAMETER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
@@ -47,6 +58,9 @@ class InjectOptions:
     artifacts: tuple[tuple[str, str], ...] = ()
     output_parameters: tuple[str, ...] = ()
     continue_on_failure: bool = False
+    # Pass the run as template variables (failures, output parameters) instead of letting
+    # publish read the Workflow object.
+    from_variables: bool = False
 
 
 def parse_artifact(text: str, number: int) -> tuple[str, str]:
@@ -64,6 +78,8 @@ def parse_artifact(text: str, number: int) -> tuple[str, str]:
 def inject(workflow: dict[str, Any], options: InjectOptions) -> dict[str, Any]:
     """Return `workflow` with our exit handler wired in (the input is modified in place)."""
     _check_workflow(workflow)
+    if options.output_parameters and not options.from_variables:
+        raise BadInput(OUTPUT_PARAMETER_IN_OBJECT_MODE)
     spec = workflow["spec"]
     templates: list[dict[str, Any]] = spec["templates"]
     names = {template.get("name") for template in templates if isinstance(template, dict)}
@@ -75,6 +91,7 @@ def inject(workflow: dict[str, Any], options: InjectOptions) -> dict[str, Any]:
     elif previous is not None and previous not in names:
         raise BadInput(f"bad input: spec.onExit names template {previous!r}, which is not defined")
     _check_own_names_free(templates)
+    _check_global_outputs(templates, options.output_parameters)
     parameters = _workflow_parameters(spec)
     steps = [_our_step(workflow, parameters, options)]
     if previous is not None:
@@ -82,7 +99,17 @@ def inject(workflow: dict[str, Any], options: InjectOptions) -> dict[str, Any]:
         steps.append(_user_step(previous, moved, parameters))
     templates.append({"name": WRAPPER, "steps": [steps]})
     spec["onExit"] = WRAPPER
+    _label(workflow)
     return workflow
+
+
+def _label(workflow: dict[str, Any]) -> None:
+    """Mark the run as opted in, keeping the labels it has (KFP adds its own on submission)."""
+    metadata = workflow.setdefault("metadata", {})
+    labels = metadata.setdefault("labels", {})
+    if labels is None:
+        labels = metadata["labels"] = {}
+    labels[INJECTED_LABEL] = "true"
 
 
 def _check_workflow(workflow: object) -> None:
@@ -94,6 +121,11 @@ def _check_workflow(workflow: object) -> None:
             f"bad input: not an Argo Workflow (apiVersion {api!r}, kind {kind!r}); compile the "
             "pipeline to an Argo Workflow first"
         )
+    metadata = workflow.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise BadInput("bad input: the Workflow's metadata is not a mapping")
+    if isinstance(metadata, dict) and not isinstance(metadata.get("labels") or {}, dict):
+        raise BadInput("bad input: the Workflow's metadata.labels is not a mapping")
     spec = workflow.get("spec")
     if not isinstance(spec, dict):
         raise BadInput("bad input: the Workflow has no spec mapping")
@@ -127,27 +159,29 @@ def _check_own_names_free(templates: list[dict[str, Any]]) -> None:
                 )
 
 
+def _check_global_outputs(templates: list[dict[str, Any]], names: Sequence[str]) -> None:
+    """`{{workflow.outputs.parameters.NAME}}` needs an output parameter with `globalName:
+    NAME` in some template: without one, Argo refuses the whole Workflow at submission."""
+    exported = {
+        parameter.get("globalName")
+        for template in templates
+        for parameter in ((template.get("outputs") or {}).get("parameters") or [])
+        if isinstance(parameter, dict)
+    }
+    for name in names:
+        if name not in exported:
+            raise BadInput(
+                f"bad input: --output-parameter: no step outputs a parameter with globalName "
+                f"{name!r}, so Argo would refuse the Workflow"
+            )
+
+
 def _workflow_parameters(spec: dict[str, Any]) -> list[str]:
     arguments = spec.get("arguments") or {}
     parameters = arguments.get("parameters") or [] if isinstance(arguments, dict) else []
     if not isinstance(parameters, list):
         raise BadInput("bad input: spec.arguments.parameters is not a list")
     return [p["name"] for p in parameters if isinstance(p, dict) and isinstance(p.get("name"), str)]
-
-
-def pipeline_name(workflow: dict[str, Any]) -> str:
-    """The compiled pipeline's name: the KFP annotation's, else the entrypoint."""
-    annotations = (workflow.get("metadata") or {}).get("annotations") or {}
-    spec_text = annotations.get("pipelines.kubeflow.org/pipeline_spec")
-    if isinstance(spec_text, str):
-        try:
-            name = json.loads(spec_text).get("name")
-        except (json.JSONDecodeError, AttributeError):
-            name = None
-        if isinstance(name, str) and name:
-            return name
-    entrypoint: str = workflow["spec"]["entrypoint"]
-    return entrypoint
 
 
 def _checked_name(name: str) -> str:
@@ -164,14 +198,22 @@ def _our_step(
         (f"{{{{workflow.parameters.{p}}}}}" for p in ROOT_PARAMETERS if p in parameters),
         options.pipeline_root,
     )
-    values = {
+    values: dict[str, str | None] = {
+        # Object mode: publish reads this Workflow from the API (status, failures, global
+        # outputs, times) and these settings from this step's arguments in it.
+        "workflow": None if options.from_variables else "{{workflow.name}}",
+        # Variables that always resolve in an exit handler: object mode falls back to them
+        # (with a warning) when the API refuses the service account.
         "status": "{{workflow.status}}",
         "workflow-name": "{{workflow.name}}",
         "workflow-uid": "{{workflow.uid}}",
         "namespace": "{{workflow.namespace}}",
         "created-at": "{{workflow.creationTimestamp}}",
         # Argo's expression: a byte prefix that decode_failures reads up to the last whole entry.
-        "failures": f"{{{{=sprig.trunc({FAILURES_BOUND}, workflow.failures)}}}}",
+        # Only variables mode passes them: the object holds them whole.
+        "failures": f"{{{{=sprig.trunc({FAILURES_BOUND}, workflow.failures)}}}}"
+        if options.from_variables
+        else None,
         # KFP rewrites this text to its run id when it submits the run.
         "run-id": "{{workflow.uid}}",
         "pipeline-name": _checked_name(pipeline_name(workflow)),
@@ -303,7 +345,9 @@ def _umask() -> int:
 
 
 def check_names(options: InjectOptions, output_parameters: Sequence[str]) -> None:
-    """Names that end up in Argo fields must be valid there."""
+    """Names that end up in Argo fields must be valid there (and object mode takes none)."""
+    if output_parameters and not options.from_variables:
+        raise BadInput(OUTPUT_PARAMETER_IN_OBJECT_MODE)
     for option, value in (
         ("--workflow-template", options.workflow_template),
         ("--template", options.template),

@@ -20,7 +20,9 @@ from argo_models import SUPPORTED_KINDS, validate
 from conftest import base_args, run_handler, run_starts_now, upload_model
 from test_run import argo_cut
 
-from exit_handler.inject import InjectOptions, inject
+from exit_handler.cli import build_parser
+from exit_handler.inject import INJECTED_LABEL, InjectOptions, inject
+from exit_handler.options import with_environment
 from exit_handler.run import OUR_STEP, WRAPPER
 from exit_handler.testing import (
     FakeGcsServer,
@@ -379,11 +381,18 @@ def run_in_pod(command: list[str], env: dict[str, str]) -> subprocess.CompletedP
 def test_the_workflow_template_as_argo_runs_it(
     gcs: FakeGcsServer, bucket: str, tmp_path: Path, subject: str
 ) -> None:
+    """Variables mode (inject --from-variables), end to end against real servers."""
+    pipeline = yaml.safe_load((FIXTURES / "tfx_penguin.yaml").read_text())
+    container = next(t for t in pipeline["spec"]["templates"] if "container" in t)
+    container["outputs"] = {
+        "parameters": [{"name": "accuracy", "globalName": "accuracy", "valueFrom": {"path": "/a"}}]
+    }
     workflow = inject(
-        yaml.safe_load((FIXTURES / "tfx_penguin.yaml").read_text()),
+        pipeline,
         InjectOptions(
             artifacts=(("serving-model", "Pusher:pushed_model:0[pushed == 1]"),),
             output_parameters=("accuracy",),
+            from_variables=True,
         ),
     )
     validate(workflow)
@@ -455,29 +464,115 @@ def test_the_workflow_template_as_argo_runs_it(
     assert json.loads(done.stderr.splitlines()[-1])["level"] == "info"
 
 
+def publish_sees(command: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """The option values `exit-handler publish` reads from this command line and environment,
+    by its own parser (an empty value counts as not given)."""
+    assert command[:2] == ["exit-handler", "publish"]
+    args = build_parser().parse_args(command[1:])
+    return with_environment(args.command_parser, args, env)
+
+
+# What a caller of `publish` may tell about the run; in object mode the Workflow tells it.
+RUN_FACTS = (
+    "status",
+    "workflow_name",
+    "workflow_uid",
+    "created_at",
+    "pipeline_name",
+    "pipeline_root",
+    "failures",
+    "output_parameter",
+    "run_id",
+    "run_name",
+    "run_configuration_name",
+    "artifacts",
+    "provider",
+    "pusher_components",
+    "exit_templates",
+)
+
+
+def test_object_mode_hands_publish_the_workflow_and_the_fallback_variables(
+    tmp_path: Path,
+) -> None:
+    """What inject writes by default, as Argo runs it: the Workflow to read, the variables to
+    fall back on, and nothing that only variables mode passes."""
+    workflow = inject(
+        yaml.safe_load((FIXTURES / "tfx_penguin.yaml").read_text()),
+        InjectOptions(artifacts=(("serving-model", "Pusher:pushed_model:0[pushed == 1]"),)),
+    )
+    validate(workflow)
+    variables = {  # no workflow.failures, no workflow.outputs: an unknown one fails substitute
+        "workflow.status": "Failed",
+        "workflow.name": "penguin-pipeline-9xk2p",
+        "workflow.uid": "3f2c9a8e-uid",
+        "workflow.namespace": "kubeflow",
+        "workflow.creationTimestamp": "2026-11-26T10:00:00Z",
+        "workflow.parameters.pipeline-root": "gs://ml-pipelines/tfx/penguin-pipeline",
+    }
+    command, env = argo_runs_the_exit_handler(
+        our_step(workflow), variables, config_as_installed(), tmp_path, {}
+    )
+    values = publish_sees(command, env)
+    assert (values["workflow"], values["namespace"]) == ("penguin-pipeline-9xk2p", "kubeflow")
+    assert {key: values[key] for key in ("status", "workflow_name", "workflow_uid")} == {
+        "status": "Failed",
+        "workflow_name": "penguin-pipeline-9xk2p",
+        "workflow_uid": "3f2c9a8e-uid",
+    }
+    assert (values["created_at"], values["run_id"]) == ("2026-11-26T10:00:00Z", "3f2c9a8e-uid")
+    assert values["pipeline_name"] == "penguin-pipeline"
+    assert values["pipeline_root"] == "gs://ml-pipelines/tfx/penguin-pipeline"
+    assert json.loads(values["artifacts"])[0]["name"] == "serving-model"
+    # No failures and no outputs travel: the object holds them.
+    assert (values["failures"], values["output_parameter"]) == (None, None)
+    assert Path(values["failures_file"]).read_text() == "null"
+    assert workflow["metadata"]["labels"][INJECTED_LABEL] == "true"
+
+
 def backstop(kind: str) -> list[dict[str, Any]]:
     return [m for m in kustomized(MANIFESTS / "backstop") if m["kind"] == kind]
 
 
-def granted(service_account: dict[str, Any], namespace: str) -> set[tuple[str, str]]:
-    """(resource, verb) pairs that the backstop's RoleBindings give an account in a namespace."""
+def granted(
+    service_account: dict[str, Any], namespace: str | None, manifests: list[dict[str, Any]]
+) -> set[tuple[str, str]]:
+    """(resource, verb) pairs that the RoleBindings among MANIFESTS give an account in a
+    namespace (None: the namespace `kubectl apply -n` gives objects that name none)."""
     roles = {
         r["metadata"]["name"]: r
-        for r in backstop("Role")
-        if r["metadata"]["namespace"] == namespace
+        for r in manifests
+        if r["kind"] == "Role" and r["metadata"].get("namespace") == namespace
     }
     account = {
         "kind": "ServiceAccount",
-        **{k: service_account["metadata"][k] for k in ("name", "namespace")},
+        **{k: v for k, v in service_account["metadata"].items() if k in ("name", "namespace")},
     }
     return {
         (resource, verb)
-        for binding in backstop("RoleBinding")
-        if binding["metadata"]["namespace"] == namespace and account in binding["subjects"]
+        for binding in manifests
+        if binding["kind"] == "RoleBinding"
+        and binding["metadata"].get("namespace") == namespace
+        and account in binding["subjects"]
         for rule in roles[binding["roleRef"]["name"]]["rules"]
         for resource in rule["resources"]
         for verb in rule["verbs"]
     }
+
+
+def test_the_exit_handler_may_read_and_mark_workflows() -> None:
+    """Object mode reads the run and labels it published with the pod's ServiceAccount."""
+    installed = kustomized(MANIFESTS)
+    (template,) = workflow_template()["spec"]["templates"]
+    (account,) = [
+        m
+        for m in installed
+        if m["kind"] == "ServiceAccount" and m["metadata"]["name"] == template["serviceAccountName"]
+    ]
+    rights = granted(account, None, installed)
+    assert {("workflows", "get"), ("workflows", "patch")} <= rights
+    # Nothing wider: no other verb on workflows (a pipeline's pod could otherwise alter runs).
+    assert {verb for resource, verb in rights if resource == "workflows"} == {"get", "patch"}
 
 
 def test_the_backstop_ships_its_bus_identities_and_permissions() -> None:
@@ -492,19 +587,26 @@ def test_the_backstop_ships_its_bus_identities_and_permissions() -> None:
         assert account["metadata"]["namespace"] == bus["namespace"]
     (watched,) = source["spec"]["resource"].values()
     watcher = accounts[source["spec"]["template"]["serviceAccountName"]]
-    # A resource EventSource runs an informer: list and watch.
-    assert {("workflows", "list"), ("workflows", "watch")} <= granted(watcher, watched["namespace"])
+    everything = kustomized(MANIFESTS / "backstop")
+    # A resource EventSource runs an informer: list and watch, nothing else.
+    assert granted(watcher, watched["namespace"], everything) == {
+        ("workflows", "list"),
+        ("workflows", "watch"),
+    }
     (trigger,) = sensor["spec"]["triggers"]
     submitted = trigger["template"]["argoWorkflow"]["source"]["resource"]
     submitter = accounts[sensor["spec"]["template"]["serviceAccountName"]]
     # `argo submit` validates (reading the WorkflowTemplate it references) and creates; the
     # trigger then lists workflows by label.
-    assert {
+    assert granted(submitter, submitted["metadata"]["namespace"], everything) == {
         ("workflows", "create"),
         ("workflows", "list"),
         ("workflowtemplates", "get"),
-    } <= granted(submitter, submitted["metadata"]["namespace"])
+    }
     assert submitted["metadata"]["namespace"] == watched["namespace"] == PIPELINES_NAMESPACE
+    # The submitted Workflow runs as the exit handler, which may read and mark the run.
+    (template,) = workflow_template()["spec"]["templates"]
+    assert submitted["spec"]["serviceAccountName"] == template["serviceAccountName"]
 
 
 def set_path(document: dict[str, Any], path: str, value: str) -> None:
@@ -524,33 +626,42 @@ def lookup(document: Any, path: str) -> Any:
     return document
 
 
-def test_the_backstop_publishes_for_a_terminated_run_on_a_token_eventbus(
-    tmp_path: Path, subject: str
-) -> None:
+INPUT_TAG = re.compile(r"\{\{\s*\.Input\.([\w.]+)\s*\}\}")
+
+
+def test_the_backstop_workflow_hands_publish_only_the_run_to_read(tmp_path: Path) -> None:
+    """The Workflow the Sensor submits, as Argo runs it: `publish --workflow NAME --namespace
+    NS` and nothing else about the run, so publish reads all of it from the ended Workflow
+    (conformance runs the Sensor's own parameter code; here Go templates are modelled)."""
     (sensor,) = backstop("Sensor")
     (trigger,) = sensor["spec"]["triggers"]
     submit = trigger["template"]["argoWorkflow"]
     workflow = json.loads(json.dumps(submit["source"]["resource"]))
-    validate(workflow)
     ended = {  # the resource EventSource's event: the Workflow object as `body`
         "type": "UPDATE",
         "body": {
             "metadata": {
                 "name": "penguin-pipeline-x7k2p",
-                "namespace": PIPELINES_NAMESPACE,
-                "uid": "5b1f7a2c-uid",
-                "creationTimestamp": "2026-11-26T10:00:00Z",
-                "annotations": {"pipelines.kubeflow.org/pipeline_spec": '{"name": "penguin"}'},
+                "namespace": "team-a",
+                "uid": "5b1f7a2c-0d3e-4f51-9a6b-2c8d7e9f0a1b",
+                "labels": {"workflows.argoproj.io/completed": "true", INJECTED_LABEL: "true"},
             },
-            "spec": {"entrypoint": "penguin-pipeline"},
             "status": {"phase": "Failed", "message": "Stopped with strategy 'Terminate'"},
         },
     }
     for parameter in submit["parameters"]:
         source = parameter["src"]
-        # The pipeline name's Go template is argo-events' to render (conformance runs it).
-        value = lookup(ended, source["dataKey"]) if "dataKey" in source else "penguin"
+        if "dataKey" in source:
+            value = lookup(ended, source["dataKey"])
+        else:
+            value = INPUT_TAG.sub(lambda tag: lookup(ended, tag[1]), source["dataTemplate"])
         set_path(workflow, parameter["dest"], value)
+    validate(workflow)
+    metadata = workflow["metadata"]
+    assert metadata["name"] == "run-completion-backstop-5b1f7a2c-0d3e-4f51-9a6b-2c8d7e9f0a1b"
+    assert len(metadata["name"]) <= 63, "a Workflow's name is a label value on its pods"
+    assert metadata["namespace"] == "team-a"  # where the run is, its Workflow and its identity
+    assert INJECTED_LABEL not in metadata.get("labels", {}), "it would trigger the backstop"
     variables = {
         f"workflow.parameters.{p['name']}": p["value"]
         for p in workflow["spec"]["arguments"]["parameters"]
@@ -560,24 +671,12 @@ def test_the_backstop_publishes_for_a_terminated_run_on_a_token_eventbus(
         for t in workflow["spec"]["templates"]
         if t["name"] == workflow["spec"]["entrypoint"]
     )
-    token = eventbus_token()
-    with NatsServer(token=token, jetstream=False) as server:
-        config = {
-            **config_as_installed(),
-            "EXIT_HANDLER_NATS_URL": server.url,
-            "EXIT_HANDLER_SUBJECT": subject,
-        }
-        secret = {"kfp-exit-handler-nats": eventbus_secret(tmp_path, token)}
-        command, env = argo_runs_the_exit_handler(step, variables, config, tmp_path, secret)
-        with Subscriber(server.url, subject, token=token) as subscriber:
-            done = run_in_pod(command, env)
-            received = subscriber.wait_for(1)
-    assert done.returncode == 0, done.stderr
-    (message,) = received
-    body = json.loads(message.data)
-    assert body["status"] == "failed"
-    assert (body["workflowName"], body["pipelineName"]) == ("penguin-pipeline-x7k2p", "penguin")
-    assert body["runStartTime"] == "2026-11-26T10:00:00Z"
+    command, env = argo_runs_the_exit_handler(step, variables, config_as_installed(), tmp_path, {})
+    values = publish_sees(command, {})  # the command line alone: the ConfigMap sets settings
+    assert (values["workflow"], values["namespace"]) == ("penguin-pipeline-x7k2p", "team-a")
+    assert {fact: values[fact] for fact in RUN_FACTS} == dict.fromkeys(RUN_FACTS)
+    assert publish_sees(command, env)["nats_url"] == config_as_installed()["EXIT_HANDLER_NATS_URL"]
+    assert Path(values["failures_file"]).read_text() == "null"
 
 
 def test_the_readme_token_recipe_hands_the_eventsource_the_bare_token(tmp_path: Path) -> None:

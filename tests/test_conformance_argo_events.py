@@ -8,7 +8,10 @@ EventSource adaptor and the Sensor (a CloudEvent on the bus, back into the Senso
 event here is published by ``exit-handler publish``. The harness then evaluates the Sensors of
 ``workflow-templates/events/`` and the seed's Sensor with ``dependencies.Filter``, and their
 trigger parameters with ``sensors/triggers`` (``ConstructPayload`` for http,
-``ApplyResourceParameters`` for argoWorkflow), as the Sensor does before it acts.
+``ApplyResourceParameters`` for argoWorkflow), as the Sensor does before it acts. For the
+backstop's resource EventSource it also says whether its informer would deliver a Workflow at
+all: ``ValidateEventSource``, the label selector ``LabelSelector`` builds (as text, parsed as the
+API server parses it) and its event types.
 
 The demo's Python view of what a Sensor receives (``as_event_source`` in demo/run_demo.py) must
 equal the real listener's event field by field in every scenario.
@@ -35,7 +38,9 @@ import yaml
 from conftest import base_args, run_handler, run_starts_now, upload_model
 from go_harness import harness, run_harness
 
+from exit_handler.inject import INJECTED_LABEL
 from exit_handler.testing import FakeGcsServer, NatsServer, Received, Subscriber
+from exit_handler.workflow import PUBLISHED
 
 pytestmark = pytest.mark.conformance
 
@@ -636,22 +641,37 @@ def test_without_the_default_a_run_that_pushed_nothing_fails_the_trigger(
 
 BACKSTOP_SOURCE = (BACKSTOP / "eventsource.yaml").read_text()
 BACKSTOP_SENSOR = (BACKSTOP / "sensor.yaml").read_text()
+COMPLETED = "workflows.argoproj.io/completed"
 TERMINATED = "Stopped with strategy 'Terminate'"
-PIPELINE_SPEC = json.dumps({"name": "penguin", "description": "", "inputs": []})
+EVENT_ID_LABEL = "926f9133-226d-57b6-8a3b-ebfa87f94d43"  # publish labels the run with its id
+UID = "5b1f7a2c-0d3e-4f51-9a6b-2c8d7e9f0a1b"
 
 
-def workflow(annotations: dict[str, str] | None, message: str | None) -> dict[str, Any]:
-    """A completed Workflow as the resource EventSource's informer hands it over."""
+def workflow(
+    phase: str = "Failed",
+    message: str | None = None,
+    labels: dict[str, str | None] | None = None,  # None: the label removed
+    namespace: str = "kubeflow",
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """An injected Workflow, completed unless LABELS say otherwise, as the API server has it."""
     metadata: dict[str, Any] = {
         "name": "penguin-pipeline-x7k2p",
-        "namespace": "kubeflow",
-        "uid": "5b1f7a2c-0d3e-4f51-9a6b-2c8d7e9f0a1b",
+        "namespace": namespace,
+        "uid": UID,
+        "resourceVersion": "48213",
         "creationTimestamp": "2026-11-26T10:00:00Z",
-        "labels": {"workflows.argoproj.io/completed": "true"},
+        "labels": {
+            COMPLETED: "true",
+            INJECTED_LABEL: "true",
+            "pipelines.kubeflow.org/kfp_sdk_version": "1.8.22",
+            **(labels or {}),
+        },
     }
+    metadata["labels"] = {k: v for k, v in metadata["labels"].items() if v is not None}
     if annotations is not None:
         metadata["annotations"] = annotations
-    status: dict[str, Any] = {"phase": "Failed", "finishedAt": "2026-11-26T10:05:00Z"}
+    status: dict[str, Any] = {"phase": phase, "finishedAt": "2026-11-26T10:05:00Z"}
     if message is not None:
         status["message"] = message
     spec = {"entrypoint": "penguin-pipeline-dag", "templates": [{"name": "penguin-pipeline-dag"}]}
@@ -664,33 +684,63 @@ def workflow(annotations: dict[str, str] | None, message: str | None) -> dict[st
     }
 
 
-def resource_event(obj: dict[str, Any]) -> dict[str, Any]:
-    return {"resource": {"eventSource": BACKSTOP_SOURCE, "eventType": "UPDATE", "object": obj}}
+def resource_event(
+    obj: dict[str, Any], event_type: str = "UPDATE", source: str = BACKSTOP_SOURCE
+) -> dict[str, Any]:
+    return {"resource": {"eventSource": source, "eventType": event_type, "object": obj}}
 
 
-BACKSTOP_CASES = {
-    "terminated, KFP annotation": (
-        workflow({"pipelines.kubeflow.org/pipeline_spec": PIPELINE_SPEC}, TERMINATED),
+PUBLISHED_LABEL: dict[str, str | None] = {PUBLISHED: EVENT_ID_LABEL}
+# (the object, the informer event, whether the backstop submits a Workflow for it)
+BACKSTOP_CASES: dict[str, tuple[dict[str, Any], str, bool]] = {
+    "succeeded": (workflow("Succeeded"), "UPDATE", True),
+    "failed": (workflow("Failed", "child 'trainer' failed"), "UPDATE", True),
+    "error": (workflow("Error", "pod deleted"), "UPDATE", True),
+    "terminated": (workflow("Failed", TERMINATED), "UPDATE", True),
+    "stopped": (workflow("Failed", "Stopped with strategy 'Stop'"), "UPDATE", True),
+    "in another namespace": (workflow("Succeeded", namespace="team-a"), "UPDATE", True),
+    # The informer's first list when the EventSource starts: runs that ended while it was down.
+    "listed on start": (workflow("Failed", TERMINATED), "ADD", True),
+    # Labels that only look like the marker do not count as it.
+    "similar labels": (
+        workflow("Failed", labels={f"{PUBLISHED}-at": "x", f"not-{PUBLISHED}": "x"}),
+        "UPDATE",
         True,
-        "penguin",
     ),
-    "terminated, other annotations": (
-        workflow({"other": "x"}, TERMINATED),
+    "marker as an annotation": (
+        workflow("Failed", annotations={PUBLISHED: EVENT_ID_LABEL}),
+        "UPDATE",
         True,
-        "penguin-pipeline-dag",
     ),
-    "terminated, no annotations": (workflow(None, TERMINATED), True, "penguin-pipeline-dag"),
-    "stopped": (workflow(None, "Stopped with strategy 'Stop'"), False, "penguin-pipeline-dag"),
-    "failed step": (workflow(None, "child 'x' failed"), False, "penguin-pipeline-dag"),
-    "suffixed": (workflow(None, TERMINATED + " twice"), False, "penguin-pipeline-dag"),
-    "no message": (workflow(None, None), False, "penguin-pipeline-dag"),
+    "published, succeeded": (workflow("Succeeded", labels=PUBLISHED_LABEL), "UPDATE", False),
+    "published, terminated": (workflow("Failed", TERMINATED, PUBLISHED_LABEL), "UPDATE", False),
+    "published, listed on start": (workflow("Error", labels=PUBLISHED_LABEL), "ADD", False),
+    "uninjected": (workflow("Failed", TERMINATED, {INJECTED_LABEL: None}), "UPDATE", False),
+    "injected false": (workflow("Failed", labels={INJECTED_LABEL: "false"}), "UPDATE", False),
+    "running": (workflow("Running", labels={COMPLETED: "false"}), "UPDATE", False),
+    "not yet labelled": (workflow("Running", labels={COMPLETED: None}), "UPDATE", False),
+    "deleted": (workflow("Failed", TERMINATED), "DELETE", False),
 }
 
 
-@pytest.fixture(scope="module")
-def backstop(line: str) -> dict[str, dict[str, Any]]:
-    events = [resource_event(obj) for obj, _, _ in BACKSTOP_CASES.values()]
-    answer = evaluate(line, events, [BACKSTOP_SENSOR])
+@dataclass(frozen=True)
+class Verdict:
+    """What Argo Events' code made of one informer event."""
+
+    selection: dict[str, Any]  # would the EventSource's informer deliver it at all
+    sensor: dict[str, Any]  # the backstop Sensor's filter and trigger on it
+
+    @property
+    def submits(self) -> bool:
+        assert self.selection["error"] == "", self.selection["error"]
+        return bool(self.selection["selected"]) and fires(self.sensor)
+
+
+def backstop_verdicts(
+    line: str, cases: dict[str, tuple[dict[str, Any], str, bool]], sensor: str = BACKSTOP_SENSOR
+) -> dict[str, Verdict]:
+    events = [resource_event(obj, event_type) for obj, event_type, _ in cases.values()]
+    answer = evaluate(line, events, [sensor])
     for event in answer["events"]:  # what the resource EventSource hands the Sensor
         assert event["context"]["type"] == "resource"
         assert set(json.loads(event["data"])) == {
@@ -701,42 +751,144 @@ def backstop(line: str) -> dict[str, dict[str, Any]]:
             "version",
             "resource",
         }
-    return {name: row[0] for name, row in zip(BACKSTOP_CASES, answer["results"], strict=True)}
-
-
-def test_the_backstop_fires_only_for_terminated_runs(backstop: dict[str, dict[str, Any]]) -> None:
-    assert {name: fires(result) for name, result in backstop.items()} == {
-        name: expected for name, (_, expected, _) in BACKSTOP_CASES.items()
+    return {
+        name: Verdict(selection, row[0])
+        for name, selection, row in zip(cases, answer["selections"], answer["results"], strict=True)
     }
 
 
-def test_the_backstop_trigger_fills_the_workflow_from_the_ended_one(
-    backstop: dict[str, dict[str, Any]],
+@pytest.fixture(scope="module")
+def backstop(line: str) -> dict[str, Verdict]:
+    return backstop_verdicts(line, BACKSTOP_CASES)
+
+
+def test_the_backstop_fires_for_every_completed_injected_unpublished_run(
+    backstop: dict[str, Verdict],
 ) -> None:
-    """The Workflow the argoWorkflow trigger would submit (`resource`): the parameters landed."""
-    for name, (obj, _, pipeline) in BACKSTOP_CASES.items():
-        (trigger,) = backstop[name]["triggers"]
+    """Whatever the phase or the message; never for a published, uninjected or running run."""
+    assert {name: verdict.submits for name, verdict in backstop.items()} == {
+        name: expected for name, (_, _, expected) in BACKSTOP_CASES.items()
+    }
+
+
+def test_the_eventsource_selects_completed_injected_runs_and_the_sensor_drops_published_ones(
+    backstop: dict[str, Verdict],
+) -> None:
+    """Who decides what: the label selector (sent to the API server) passes completed, injected
+    runs; the Sensor's filter drops the published ones among them."""
+    selector = {verdict.selection["selector"] for verdict in backstop.values()}
+    assert selector == {f"{INJECTED_LABEL}==true,{COMPLETED}==true"}
+    for name, verdict in backstop.items():
+        labels = BACKSTOP_CASES[name][0]["metadata"]["labels"]
+        selected = (
+            labels.get(COMPLETED) == labels.get(INJECTED_LABEL) == "true"
+            and BACKSTOP_CASES[name][1] != "DELETE"
+        )
+        assert verdict.selection["selected"] is selected, name
+        if selected:
+            assert verdict.sensor["dependencies"][0]["error"] == "", name
+            assert fires(verdict.sensor) is (PUBLISHED not in labels), name
+
+
+def test_the_backstop_trigger_submits_a_workflow_that_reads_the_ended_one(
+    line: str, backstop: dict[str, Verdict]
+) -> None:
+    """The Workflow the argoWorkflow trigger would submit (`resource`): one name per run, in
+    the run's namespace, calling `publish` with only the run's name and namespace."""
+    for name, (obj, _, submits) in BACKSTOP_CASES.items():
+        if not submits:
+            continue
+        (trigger,) = backstop[name].sensor["triggers"]
         assert trigger["error"] == "", (name, trigger["error"])
         submitted = trigger["resource"]
-        parameters = {p["name"]: p["value"] for p in submitted["spec"]["arguments"]["parameters"]}
         meta = obj["metadata"]
-        assert parameters == {
-            "workflow-name": meta["name"],
-            "workflow-uid": meta["uid"],
-            "namespace": meta["namespace"],
-            "created-at": meta["creationTimestamp"],
-            "pipeline-name": pipeline,
-        }, name
-        assert submitted["metadata"]["generateName"] == "run-completion-backstop-"
         assert submitted["kind"] == "Workflow"
+        assert submitted["metadata"]["name"] == f"run-completion-backstop-{meta['uid']}"
+        assert submitted["metadata"]["namespace"] == meta["namespace"], name
+        parameters = {p["name"]: p["value"] for p in submitted["spec"]["arguments"]["parameters"]}
+        assert parameters == {"workflow": meta["name"], "namespace": meta["namespace"]}, name
+        ((step,),) = submitted["spec"]["templates"][0]["steps"]
+        assert step["templateRef"] == {"name": "kfp-exit-handler", "template": "publish"}
+        assert {p["name"]: p["value"] for p in step["arguments"]["parameters"]} == {
+            "workflow": "{{workflow.parameters.workflow}}",
+            "namespace": "{{workflow.parameters.namespace}}",
+        }
+    # The submitted Workflow, once it completes, is no run for the backstop: not injected.
+    (trigger,) = backstop["terminated"].sensor["triggers"]
+    own = trigger["resource"]
+    own["metadata"]["labels"][COMPLETED] = "true"
+    own["metadata"]["uid"] = "0e6b1d2c-uid"
+    own["status"] = {"phase": "Failed"}
+    (verdict,) = backstop_verdicts(line, {"own": (own, "UPDATE", False)}).values()
+    assert verdict.selection["selected"] is False
+    assert INJECTED_LABEL not in own["metadata"]["labels"]
 
 
 def test_a_backstop_parameter_on_a_missing_path_fails_the_trigger(line: str) -> None:
     """The mutation that proves the resource-parameter harness can fail."""
     broken = BACKSTOP_SENSOR.replace(
-        "dataKey: body.metadata.uid", "dataKey: body.metadata.noSuchKey"
+        "dataKey: body.metadata.name", "dataKey: body.metadata.noSuchKey"
     )
     assert broken != BACKSTOP_SENSOR
-    obj = BACKSTOP_CASES["terminated, no annotations"][0]
-    ((result,),) = evaluate(line, [resource_event(obj)], [broken])["results"]
-    assert "unable to resolve 'ended' parameter value" in result["triggers"][0]["error"]
+    cases = {"terminated": BACKSTOP_CASES["terminated"]}
+    (verdict,) = backstop_verdicts(line, cases, broken).values()
+    assert "unable to resolve 'ended' parameter value" in verdict.sensor["triggers"][0]["error"]
+
+
+def test_without_the_not_equal_comparator_the_filter_fires_for_published_runs_only(
+    line: str,
+) -> None:
+    """The mutation that proves the Sensor's filter decides: the same regex, matched."""
+    comparator = '            comparator: "!="\n'
+    assert comparator in BACKSTOP_SENSOR
+    matching = BACKSTOP_SENSOR.replace(comparator, "")
+    verdicts = backstop_verdicts(line, BACKSTOP_CASES, matching)
+    fired = {name for name, verdict in verdicts.items() if verdict.submits}
+    assert fired == {"published, succeeded", "published, terminated", "published, listed on start"}
+
+
+def test_a_filter_on_the_absent_label_itself_never_fires(line: str) -> None:
+    """Why the Sensor reads the labels as text: a path that is absent is an error, not a match,
+    whatever the comparator."""
+    sensor = yaml.safe_load(BACKSTOP_SENSOR)
+    sensor["spec"]["dependencies"][0]["filters"]["data"] = [
+        {"path": f"body.metadata.labels.{PUBLISHED}", "type": "string", "value": ["^$"]}
+    ]
+    cases = {name: BACKSTOP_CASES[name] for name in ("terminated", "published, terminated")}
+    verdicts = backstop_verdicts(line, cases, yaml.safe_dump(sensor))
+    assert not any(verdict.submits for verdict in verdicts.values())
+    dependency = verdicts["terminated"].sensor["dependencies"][0]
+    assert f"path 'body.metadata.labels.{PUBLISHED}' does not exist" in dependency["error"]
+
+
+def test_without_the_injected_requirement_every_completed_run_is_selected(line: str) -> None:
+    """The mutation that proves the selector harness can fail."""
+    source = yaml.safe_load(BACKSTOP_SOURCE)
+    (spec,) = source["spec"]["resource"].values()
+    spec["filter"]["labels"] = [s for s in spec["filter"]["labels"] if s["key"] != INJECTED_LABEL]
+    obj, event_type, _ = BACKSTOP_CASES["uninjected"]
+    answer = evaluate(line, [resource_event(obj, event_type, yaml.safe_dump(source))], [])
+    assert answer["selections"] == [
+        {"selector": f"{COMPLETED}==true", "selected": True, "error": ""}
+    ]
+
+
+def test_a_does_not_exist_selector_works_from_argo_events_1_9_only(line: str) -> None:
+    """What eventsource.yaml says: `operation: "!"` would keep published runs from the bus on
+    1.9 (LabelReq gives it no value); 1.8 hands NewRequirement the empty value and fails."""
+    source = yaml.safe_load(BACKSTOP_SOURCE)
+    (spec,) = source["spec"]["resource"].values()
+    spec["filter"]["labels"].append({"key": PUBLISHED, "operation": "!"})
+    text = yaml.safe_dump(source)
+    events = [
+        resource_event(BACKSTOP_CASES[name][0], "UPDATE", text)
+        for name in ("terminated", "published, terminated")
+    ]
+    unpublished, published = evaluate(line, events, [])["selections"]
+    if line == V18:
+        for selection in (unpublished, published):
+            assert "values set must be empty for exists and does not exist" in selection["error"]
+            assert selection["selected"] is False
+    else:
+        assert unpublished["selector"] == f"{INJECTED_LABEL}==true,!{PUBLISHED},{COMPLETED}==true"
+        assert (unpublished["selected"], published["selected"]) == (True, False)

@@ -28,6 +28,7 @@ import functools
 import json
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -58,19 +59,23 @@ DROPPED: dict[str, dict[str, list[str]]] = {
 WORKFLOW_CHECKS = {"lint", "submit", "controller"}
 TEMPLATE_CHECKS = {"lint", "create"}
 COMPILED = ["kfp_simple.yaml", "kfp_exit_handler.yaml", "kfp_no_root.yaml", "tfx_penguin.yaml"]
+EVERY_OPTION = InjectOptions(
+    continue_on_failure=True,
+    artifacts=(("model", "Trainer:model"), ("schema", "SchemaGen:schema")),
+    cluster_scope=True,
+    provider="kfp-prod",
+    pipeline_root="gs://ml-pipelines/fallback",
+)
 OPTIONS: dict[str, InjectOptions] = {
     "plain": InjectOptions(),
+    "from-variables": InjectOptions(from_variables=True),
     "continue-on-failure": InjectOptions(continue_on_failure=True),
     "artifact": InjectOptions(artifacts=(("model", "Trainer:model"),)),
-    "output-parameter": InjectOptions(output_parameters=("accuracy",)),
+    "output-parameter": InjectOptions(output_parameters=("accuracy",), from_variables=True),
     "cluster-scope": InjectOptions(cluster_scope=True),
-    "all": InjectOptions(
-        continue_on_failure=True,
-        artifacts=(("model", "Trainer:model"), ("schema", "SchemaGen:schema")),
-        output_parameters=("accuracy",),
-        cluster_scope=True,
-        provider="kfp-prod",
-        pipeline_root="gs://ml-pipelines/fallback",
+    "all": EVERY_OPTION,
+    "all-from-variables": replace(
+        EVERY_OPTION, output_parameters=("accuracy",), from_variables=True
     ),
 }
 # (phase, exit code, message) of a failed attempt -> whether our retryStrategy retries it.
@@ -144,11 +149,11 @@ def injected(fixture: str, options: InjectOptions) -> dict[str, Any]:
     return inject(workflow, options)
 
 
-def arguments_without(workflow: dict[str, Any], name: str) -> dict[str, Any]:
-    step = our_step(workflow)
-    step["arguments"]["parameters"] = [
-        p for p in step["arguments"]["parameters"] if p["name"] != name
-    ]
+def with_argument(workflow: dict[str, Any], name: str, value: str) -> dict[str, Any]:
+    """The injection with our step's argument NAME set to VALUE (added when absent)."""
+    parameters = our_step(workflow)["arguments"]["parameters"]
+    parameters[:] = [p for p in parameters if p["name"] != name]
+    parameters.append({"name": name, "value": value})
     return workflow
 
 
@@ -182,14 +187,19 @@ def broken() -> dict[str, tuple[dict[str, Any], str]]:
             injected(tfx, InjectOptions(workflow_template="kfp-exit-handlr", cluster_scope=True)),
             "kfp-exit-handlr",
         ),
-        "missing-status": (arguments_without(injected(tfx, plain), "status"), "status"),
-        "missing-pipeline-name": (
-            arguments_without(injected(tfx, plain), "pipeline-name"),
-            "pipeline-name",
+        # Every input has a default now (a caller may pass only `workflow` and `namespace`):
+        # what the checks still catch is a variable that does not exist.
+        "unknown-workflow-variable": (
+            with_argument(injected(tfx, plain), "workflow", "{{workflow.nam}}"),
+            "workflow.nam",
         ),
-        "missing-workflow-uid": (
-            arguments_without(injected("kfp_exit_handler.yaml", plain), "workflow-uid"),
-            "workflow-uid",
+        "unknown-variable-from-variables": (
+            with_argument(
+                injected("kfp_exit_handler.yaml", OPTIONS["from-variables"]),
+                "status",
+                "{{workflow.stauts}}",
+            ),
+            "workflow.stauts",
         ),
     }
 
@@ -260,15 +270,17 @@ def metric_substitutions() -> list[dict[str, Any]]:
     return cases
 
 
-def unexported_output_parameter() -> dict[str, Any] | None:
-    """`--output-parameter accuracy` on a pipeline that exports no `accuracy`; None when
-    inject refuses it (what it should do: Argo refuses the whole Workflow)."""
-    try:
-        return inject(
-            load(FIXTURES / "kfp_simple.yaml"), InjectOptions(output_parameters=("accuracy",))
-        )
-    except BadInput:
-        return None
+def unexported_output_parameter() -> dict[str, Any]:
+    """`--output-parameter accuracy` on a pipeline that exports no `accuracy`, which inject
+    refuses (asserted here): made by injecting one that does, then dropping its globalName."""
+    options = OPTIONS["output-parameter"]
+    with pytest.raises(BadInput, match="globalName 'accuracy'"):
+        inject(load(FIXTURES / "kfp_simple.yaml"), options)
+    workflow = injected("kfp_simple.yaml", options)
+    for template in workflow["spec"]["templates"]:
+        for parameter in (template.get("outputs") or {}).get("parameters") or []:
+            parameter.pop("globalName", None)
+    return workflow
 
 
 def failures_value(count: int, message: str) -> str:
@@ -316,9 +328,9 @@ def failures() -> dict[str, str]:
 def request(store: list[dict[str, Any]]) -> dict[str, Any]:
     documents = [{"id": key, "manifest": value} for key, value in shipped().items()]
     documents += [{"id": key, "manifest": value} for key, (value, _) in broken().items()]
-    unexported = unexported_output_parameter()
-    if unexported is not None:
-        documents.append({"id": "unexported-output-parameter", "manifest": unexported})
+    documents.append(
+        {"id": "unexported-output-parameter", "manifest": unexported_output_parameter()}
+    )
     misspelled = workflow_template()
     misspelled["spec"]["templates"][0]["retryStratgy"] = misspelled["spec"]["templates"][0].pop(
         "retryStrategy"
@@ -338,11 +350,19 @@ def request(store: list[dict[str, Any]]) -> dict[str, Any]:
         }
         for key, expression in SCOPE_PROBES.items()
     ]
-    step = our_step(injected("tfx_penguin.yaml", OPTIONS["all"]))
+    step = our_step(injected("tfx_penguin.yaml", OPTIONS["all-from-variables"]))
     substitutions = [
         {"id": key, "object": step, "values": {**VALUES, "workflow.failures": value}}
         for key, value in failures().items()
     ]
+    # Object mode needs neither the failures nor any global output in scope.
+    substitutions.append(
+        {
+            "id": "object-mode",
+            "object": our_step(injected("tfx_penguin.yaml", OPTIONS["all"])),
+            "values": {k: v for k, v in VALUES.items() if not k.startswith("workflow.outputs.")},
+        }
+    )
     unresolvable = copy.deepcopy(step)
     unresolvable["arguments"]["parameters"].append(
         {"name": "typo", "value": "{{workflow.statuss}}"}
@@ -468,9 +488,7 @@ def test_templateref_finds_only_the_scope_it_names(line: str) -> None:
 @each_line
 def test_an_output_parameter_no_step_exports_is_refused(line: str) -> None:
     """`--output-parameter NAME` needs an output with `globalName: NAME`: without one, Argo
-    refuses the whole Workflow at submission, so it must not get past inject."""
-    if unexported_output_parameter() is None:
-        return  # inject refuses it first
+    refuses the whole Workflow at submission, so inject refuses it first."""
     document = by_id(judged(line), "documents")["unexported-output-parameter"]
     failed = failed_checks(document)
     assert set(failed) == WORKFLOW_CHECKS
@@ -510,7 +528,7 @@ def test_the_retry_scope_has_the_keys_argo_documents(line: str) -> None:
 def test_argo_resolves_our_step_as_our_model_of_it_does(line: str) -> None:
     """util/template.Replace of the line, against `substitute` (the model the other tests use)."""
     answers = by_id(judged(line), "substitutions")
-    step = our_step(injected("tfx_penguin.yaml", OPTIONS["all"]))
+    step = our_step(injected("tfx_penguin.yaml", OPTIONS["all-from-variables"]))
     for key, value in failures().items():
         answer = answers[key]
         assert not answer.get("error"), (key, answer["error"])
@@ -526,6 +544,13 @@ def test_argo_resolves_our_step_as_our_model_of_it_does(line: str) -> None:
     assert re.search(
         r"failed to resolve \{\{workflow\.statuss\}\}", answers["unresolvable"]["error"]
     )
+    # Object mode: the Workflow's name to read, the fallback variables, no failures, no outputs.
+    object_mode = answers["object-mode"]
+    assert not object_mode.get("error"), object_mode["error"]
+    resolved = by_name(object_mode)
+    assert resolved["workflow"] == resolved["workflow-name"] == VALUES["workflow.name"]
+    assert resolved["status"] == VALUES["workflow.status"]
+    assert not {"failures", "output-parameters"} & set(resolved)
 
 
 def by_name(answer: dict[str, Any]) -> dict[str, str]:
@@ -569,3 +594,35 @@ def test_argo_resolves_our_metrics_as_our_model_does(line: str) -> None:
                 "metric-value": substitute(metric[kind]["value"], scope),
             }
     assert re.search(r"failed to resolve \{\{statuss\}\}", answers["metric-misspelled"]["error"])
+
+
+def without_the_workflow_input(template: dict[str, Any]) -> dict[str, Any]:
+    """The publish template as released before object mode: no `workflow` input or option."""
+    (publish,) = template["spec"]["templates"]
+    publish["inputs"]["parameters"] = [
+        p for p in publish["inputs"]["parameters"] if p["name"] != "workflow"
+    ]
+    args = publish["container"]["args"]
+    args[:] = [arg for arg in args if not arg.startswith("--workflow=")]
+    return template
+
+
+@each_line
+def test_an_older_template_accepts_object_mode_and_ignores_it(line: str) -> None:
+    """Why the README says to install the template before injecting with this release: Argo
+    passes over an argument the installed template does not declare, so an object-mode step
+    against an older template validates and runs in variables mode, without the failures."""
+    older = without_the_workflow_input(workflow_template())
+    step_object = injected("tfx_penguin.yaml", OPTIONS["plain"])
+    answer = run_harness(
+        f"argo-workflows-{line}",
+        {
+            "store": [older],
+            "documents": [{"id": "object-mode", "manifest": step_object}],
+            "retries": [],
+            "substitutions": [],
+        },
+    )
+    (document,) = answer["documents"]
+    assert not failed_checks(document), failed_checks(document)
+    assert "workflow" in {p["name"] for p in our_step(step_object)["arguments"]["parameters"]}

@@ -19,11 +19,20 @@ from test_argo_side import substitute, workflow_template
 
 from exit_handler.cli import main
 from exit_handler.errors import BadInput
-from exit_handler.inject import FAILURES_BOUND, USER_STEP, InjectOptions, inject
+from exit_handler.inject import (
+    FAILURES_BOUND,
+    INJECTED_LABEL,
+    USER_STEP,
+    InjectOptions,
+    inject,
+)
 from exit_handler.run import OUR_STEP, WRAPPER, decode_failures
 
 FIXTURES = Path(__file__).parent / "fixtures" / "workflows"
 COMPILED = ["kfp_simple.yaml", "kfp_exit_handler.yaml", "kfp_no_root.yaml", "tfx_penguin.yaml"]
+# What each mode passes beyond the arguments both pass.
+OBJECT_ONLY = {"workflow"}
+VARIABLES_ONLY = {"failures", "output-parameters"}
 
 
 def load(name: str) -> dict[str, Any]:
@@ -54,16 +63,33 @@ def our_arguments(workflow: dict[str, Any]) -> dict[str, str]:
     return {p["name"]: p["value"] for p in our_step(workflow)["arguments"]["parameters"]}
 
 
+@pytest.mark.parametrize("from_variables", [False, True], ids=["object", "from-variables"])
 @pytest.mark.parametrize("name", COMPILED)
-def test_injected_workflows_validate_against_the_argo_model(name: str) -> None:
+def test_injected_workflows_validate_against_the_argo_model(
+    name: str, from_variables: bool
+) -> None:
     original = load(name)
     validate(original)  # the fixture itself is a valid Workflow
-    injected = inject(copy.deepcopy(original), InjectOptions(artifacts=(("m", "Trainer:model"),)))
+    options = InjectOptions(artifacts=(("m", "Trainer:model"),), from_variables=from_variables)
+    injected = inject(copy.deepcopy(original), options)
     validate(injected)
     arguments = our_arguments(injected)
+    # The fallback variables, in both modes.
     assert arguments["status"] == "{{workflow.status}}"
-    assert arguments["failures"] == f"{{{{=sprig.trunc({FAILURES_BOUND}, workflow.failures)}}}}"
+    assert arguments["workflow-name"] == "{{workflow.name}}"
+    assert arguments["workflow-uid"] == "{{workflow.uid}}"
+    assert arguments["namespace"] == "{{workflow.namespace}}"
     assert arguments["created-at"] == "{{workflow.creationTimestamp}}"
+    assert arguments["run-id"] == "{{workflow.uid}}"
+    if from_variables:
+        assert not OBJECT_ONLY & set(arguments)
+        bound = f"{{{{=sprig.trunc({FAILURES_BOUND}, workflow.failures)}}}}"
+        assert arguments["failures"] == bound
+    else:
+        # publish reads this Workflow; the object holds the failures whole.
+        assert arguments["workflow"] == "{{workflow.name}}"
+        assert not VARIABLES_ONLY & set(arguments)
+    assert injected["metadata"]["labels"][INJECTED_LABEL] == "true"
     tags = [tag for value in arguments.values() for tag in re.findall(r"\{\{(.*?)\}\}", value)]
     assert all(
         re.fullmatch(r"workflow\.[\w.-]+|=sprig\.trunc\(\d+, workflow\.failures\)", tag)
@@ -123,18 +149,57 @@ def test_existing_on_exit_keeps_running_beside_ours() -> None:
     ]
 
 
+MODES: dict[str, list[str]] = {
+    "object": ["--artifact=serving-model=Pusher:pushed_model:0[pushed == 1]", "--provider=tfx"],
+    "object-plain": [],
+    "from-variables": ["--from-variables", "--artifact=model=Trainer:model"],
+    "from-variables-continue": ["--from-variables", "--continue-on-failure", "--provider=tfx"],
+}
+
+
 @pytest.mark.parametrize("name", COMPILED)
 def test_injecting_twice_changes_nothing(name: str, tmp_path: Path) -> None:
     once, twice = tmp_path / "once.yaml", tmp_path / "twice.yaml"
-    options = ["--artifact=serving-model=Pusher:pushed_model:0[pushed == 1]", "--provider=tfx"]
-    assert run_inject(str(FIXTURES / name), "-o", str(once), *options).status == 0
-    assert run_inject(str(once), "-o", str(twice), *options).status == 0
-    assert once.read_text() == twice.read_text()
+    for options in MODES.values():
+        assert run_inject(str(FIXTURES / name), "-o", str(once), *options).status == 0
+        assert run_inject(str(once), "-o", str(twice), *options).status == 0
+        assert once.read_text() == twice.read_text(), options
+
+
+@pytest.mark.parametrize("name", COMPILED)
+@pytest.mark.parametrize("before", list(MODES))
+def test_reinjecting_with_other_flags_is_injecting_the_original_with_them(
+    name: str, before: str, tmp_path: Path
+) -> None:
+    """Whatever mode and options a workflow was injected with, injecting it again gives what
+    injecting the compiled pipeline gives: nothing of the earlier injection is left."""
+    earlier = tmp_path / "earlier.yaml"
+    assert run_inject(str(FIXTURES / name), "-o", str(earlier), *MODES[before]).status == 0
+    for after, options in MODES.items():
+        again = run_inject(str(earlier), *options)
+        fresh = run_inject(str(FIXTURES / name), *options)
+        assert (again.status, fresh.status) == (0, 0)
+        assert again.stdout == fresh.stdout, (before, after)
+        if after != before:  # the flags matter: the comparison above is not vacuous
+            assert again.stdout != earlier.read_text(), (before, after)
+
+
+def exporting(workflow_text: str, output: str) -> str:
+    """The pipeline with a global output OUTPUT: its first container's output parameter with
+    `globalName` (KFP v1 and TFX write none)."""
+    workflow = yaml.safe_load(workflow_text)
+    container = next(t for t in workflow["spec"]["templates"] if "container" in t)
+    container.setdefault("outputs", {}).setdefault("parameters", []).append(
+        {"name": output, "globalName": output, "valueFrom": {"path": f"/tmp/{output}"}}
+    )
+    text: str = yaml.safe_dump(workflow, sort_keys=False)
+    return text
 
 
 def test_options_reach_the_step() -> None:
     result = run_inject(
         "-",
+        "--from-variables",
         "--artifact=serving-model=Pusher:pushed_model:0[pushed == 1]",
         "--artifact=model=Trainer:model",
         "--output-parameter=accuracy",
@@ -143,7 +208,7 @@ def test_options_reach_the_step() -> None:
         "--template=publish",
         "--cluster-scope",
         "--continue-on-failure",
-        stdin=(FIXTURES / "tfx_penguin.yaml").read_text(),
+        stdin=exporting((FIXTURES / "tfx_penguin.yaml").read_text(), "accuracy"),
     )
     assert result.status == 0, result.stderr
     injected = yaml.safe_load(result.stdout)
@@ -165,6 +230,56 @@ def test_options_reach_the_step() -> None:
     assert arguments["exit-templates"] == f"{WRAPPER},{OUR_STEP}"
 
 
+def test_object_mode_refuses_output_parameters_the_object_carries(tmp_path: Path) -> None:
+    out = tmp_path / "out.yaml"
+    text = exporting((FIXTURES / "tfx_penguin.yaml").read_text(), "accuracy")
+    refused = run_inject("-", "-o", str(out), "--output-parameter=accuracy", stdin=text)
+    assert refused.status == 2, refused.stderr
+    (line,) = refused.stderr.splitlines()
+    assert "--output-parameter" in line
+    assert "the Workflow object carries every global output" in line
+    assert "--from-variables" in line
+    assert not out.exists()
+    with pytest.raises(BadInput, match="carries every global output"):
+        inject(yaml.safe_load(text), InjectOptions(output_parameters=("accuracy",)))
+    # The same request with --from-variables is what that mode is for.
+    accepted = run_inject("-", "--from-variables", "--output-parameter=accuracy", stdin=text)
+    assert accepted.status == 0, accepted.stderr
+
+
+def test_an_output_parameter_no_step_exports_is_refused() -> None:
+    """`{{workflow.outputs.parameters.NAME}}` without a `globalName: NAME` output: Argo
+    refuses the whole Workflow at submission (test_conformance_argo_workflows shows it)."""
+    text = exporting(SIMPLE, "loss")
+    result = run_inject("-", "--from-variables", "--output-parameter=accuracy", stdin=text)
+    assert result.status == 2, result.stderr
+    assert "no step outputs a parameter with globalName 'accuracy'" in result.stderr
+    assert result.stdout == ""
+    assert run_inject("-", "--from-variables", "--output-parameter=loss", stdin=text).status == 0
+
+
+@pytest.mark.parametrize("mode", [[], ["--from-variables"]], ids=["object", "from-variables"])
+def test_inject_labels_the_run_and_keeps_its_labels(mode: list[str]) -> None:
+    """The backstop watches only Workflows with this label: the runs that opted in."""
+    labelled, unlabelled = yaml.safe_load(SIMPLE), yaml.safe_load(SIMPLE)
+    labelled["metadata"]["labels"]["team"] = "ml"
+    del unlabelled["metadata"]["labels"]
+    kept = {"pipelines.kubeflow.org/kfp_sdk_version": "1.8.22", "team": "ml"}
+    for workflow, wanted in (
+        (labelled, {**kept, INJECTED_LABEL: "true"}),
+        (unlabelled, {INJECTED_LABEL: "true"}),
+    ):
+        result = run_inject("-", *mode, stdin=yaml.safe_dump(workflow, sort_keys=False))
+        assert result.status == 0, result.stderr
+        injected = yaml.safe_load(result.stdout)
+        assert injected["metadata"]["labels"] == wanted
+        # Quoted: a Kubernetes label value is a string, and YAML's bare true is a boolean.
+        assert f"{INJECTED_LABEL}: 'true'" in result.stdout
+        assert {k: v for k, v in injected["metadata"].items() if k != "labels"} == {
+            k: v for k, v in workflow["metadata"].items() if k != "labels"
+        }
+
+
 SIMPLE = (FIXTURES / "kfp_simple.yaml").read_text()
 MALFORMED: list[tuple[str, list[str], str]] = [
     ("not YAML", ["-"], "is not valid YAML"),
@@ -174,6 +289,8 @@ MALFORMED: list[tuple[str, list[str], str]] = [
     ("no spec", ["-"], "no spec mapping"),
     ("templates not a list", ["-"], "spec.templates is not a non-empty list"),
     ("onExit names nothing", ["-"], "spec.onExit names template 'ghost'"),
+    ("labels not a mapping", ["-"], "metadata.labels is not a mapping"),
+    ("object mode with an output", ["-", "--output-parameter=accuracy"], "--from-variables"),
     ("bad artifact", ["-", "--artifact=m=Pusher:pushed_model[pushed ==]"], "column 30"),
     ("artifact without =", ["-", "--artifact=Pusher:pushed_model"], "is not NAME=PATH"),
     ("bad template name", ["-", "--workflow-template=Bad_Name"], "not a valid Argo name"),
@@ -190,6 +307,9 @@ TEXTS = {
         "apiVersion: argoproj.io/v1alpha1\nkind: Workflow\nspec: {entrypoint: a, templates: {}}\n"
     ),
     "onExit names nothing": SIMPLE + "  onExit: ghost\n",
+    "labels not a mapping": SIMPLE.replace(
+        "  labels: {pipelines.kubeflow.org/kfp_sdk_version: 1.8.22}", "  labels: [a, b]", 1
+    ),
 }
 
 
@@ -230,7 +350,7 @@ def test_rewriting_in_place_keeps_the_file_mode(tmp_path: Path) -> None:
     [
         (["-"], "\udcff\udcfe", "is not UTF-8 text"),
         (["-", "--provider=k f p"], SIMPLE, "--provider: "),
-        (["-", "--output-parameter=../x"], SIMPLE, "--output-parameter: "),
+        (["-", "--from-variables", "--output-parameter=../x"], SIMPLE, "--output-parameter: "),
     ],
 )
 def test_inputs_every_run_would_refuse_are_refused_now(
@@ -335,7 +455,8 @@ def starts(template: str) -> bool:
 
 
 def test_the_exit_pod_starts_whatever_the_failure_count() -> None:
-    bounded = our_step(inject(load("tfx_penguin.yaml"), InjectOptions()))
+    """In variables mode; object mode passes no failures at all."""
+    bounded = our_step(inject(load("tfx_penguin.yaml"), InjectOptions(from_variables=True)))
     unbounded = copy.deepcopy(bounded)
     for parameter in unbounded["arguments"]["parameters"]:
         if parameter["name"] == "failures":

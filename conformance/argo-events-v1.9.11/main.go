@@ -6,6 +6,9 @@
 // line once it receives, then one line per event it dispatched: the event as the Sensor
 // receives it. {"mode": "evaluate", "events": [...], "sensors": [YAML...]} runs every
 // dependency filter and trigger parameter of every Sensor on every event.
+// For a resource event it also says whether the resource EventSource's informer would
+// deliver it at all: its validation, the label selector it builds from the filter (sent to the
+// API server as text, parsed there) matched against the object's labels, and its event types.
 package main
 
 import (
@@ -23,12 +26,15 @@ import (
 	natslib "github.com/nats-io/nats.go"
 	"go.uber.org/zap"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
 	"sigs.k8s.io/yaml"
 
 	"github.com/argoproj/argo-events/pkg/apis/events/v1alpha1"
 	eventsourcecommon "github.com/argoproj/argo-events/pkg/eventsources/common"
 	"github.com/argoproj/argo-events/pkg/eventsources/events"
 	"github.com/argoproj/argo-events/pkg/eventsources/sources/nats"
+	"github.com/argoproj/argo-events/pkg/eventsources/sources/resource"
 	"github.com/argoproj/argo-events/pkg/metrics"
 	"github.com/argoproj/argo-events/pkg/sensors/dependencies"
 	"github.com/argoproj/argo-events/pkg/sensors/triggers"
@@ -224,16 +230,26 @@ func receive(bus []byte) (sensorEvent, error) {
 
 // resourceEvent is what the resource EventSource (pkg/eventsources/sources/resource) and the
 // adaptor make of an informer event for OBJECT.
-func resourceEvent(req *resourceRequest) ([]byte, error) {
+func resourceEvent(req *resourceRequest) ([]byte, *selection, error) {
 	var source v1alpha1.EventSource
 	if err := yaml.UnmarshalStrict([]byte(req.EventSource), &source); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	for name, spec := range source.Spec.Resource {
+		selected := selects(spec, req.EventType, req.Object)
+		// The informer hands over an *unstructured.Unstructured, which processOne marshals.
+		var obj unstructured.Unstructured
+		if err := obj.UnmarshalJSON(req.Object); err != nil {
+			return nil, nil, err
+		}
+		body, err := json.Marshal(&obj)
+		if err != nil {
+			return nil, nil, err
+		}
 		var old []byte
 		data, err := json.Marshal(&events.ResourceEventData{
 			EventType: req.EventType,
-			Body:      (*json.RawMessage)(&req.Object),
+			Body:      (*json.RawMessage)(&body),
 			OldBody:   (*json.RawMessage)(&old),
 			Group:     spec.Group,
 			Version:   spec.Version,
@@ -241,7 +257,7 @@ func resourceEvent(req *resourceRequest) ([]byte, error) {
 			Metadata:  spec.Metadata,
 		})
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		id := uuid.New()
 		event := cloudevents.NewEvent()
@@ -251,11 +267,12 @@ func resourceEvent(req *resourceRequest) ([]byte, error) {
 		event.SetSubject(name)
 		event.SetTime(time.Now())
 		if err := event.SetData(cloudevents.ApplicationJSON, data); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		return json.Marshal(event)
+		bus, err := json.Marshal(event)
+		return bus, &selected, err
 	}
-	return nil, fmt.Errorf("no resource event in the EventSource")
+	return nil, nil, fmt.Errorf("no resource event in the EventSource")
 }
 
 type dependencyResult struct {
@@ -278,16 +295,66 @@ type sensorResult struct {
 	Triggers     []triggerResult    `json:"triggers"`
 }
 
+// selection is whether the resource EventSource would hand an event for the object over at all.
+type selection struct {
+	Selector string `json:"selector"`
+	Selected bool   `json:"selected"`
+	Error    string `json:"error"`
+}
+
+// selects is what stands between an object and processOne in the resource EventSource's
+// StartListening: ValidateEventSource, the informer's ListOptions.LabelSelector (LabelSelector
+// of the filter's labels, as text, parsed by the API server with the same labels package), and
+// a handler for the event type. passFilters' other filters are not modelled: refused here.
+func selects(spec v1alpha1.ResourceEventSource, eventType string, object json.RawMessage) selection {
+	listener := &resource.EventListener{ResourceEventSource: spec}
+	if err := listener.ValidateEventSource(context.Background()); err != nil {
+		return selection{Error: err.Error()}
+	}
+	if filter := spec.Filter; filter != nil && (filter.Prefix != "" || filter.Fields != nil || filter.AfterStart || !filter.CreatedBy.IsZero()) {
+		return selection{Error: "the harness models only the label filter"}
+	}
+	result := selection{}
+	selector := labels.Everything()
+	if spec.Filter != nil && spec.Filter.Labels != nil {
+		built, err := resource.LabelSelector(spec.Filter.Labels)
+		if err != nil {
+			return selection{Error: err.Error()}
+		}
+		result.Selector = built.String()
+		if selector, err = labels.Parse(result.Selector); err != nil {
+			return selection{Selector: result.Selector, Error: err.Error()}
+		}
+	}
+	var obj struct {
+		Metadata struct {
+			Labels map[string]string `json:"labels"`
+		} `json:"metadata"`
+	}
+	if err := json.Unmarshal(object, &obj); err != nil {
+		return selection{Error: err.Error()}
+	}
+	handled := false
+	for _, watched := range spec.EventTypes {
+		handled = handled || string(watched) == eventType
+	}
+	result.Selected = handled && selector.Matches(labels.Set(obj.Metadata.Labels))
+	return result
+}
+
 func evaluate(req request) map[string]any {
 	results := [][]sensorResult{}
 	received := []sensorEvent{}
+	selections := []*selection{}
 	for _, item := range req.Events {
 		bus := []byte(item.Bus)
+		var selected *selection
 		if item.Resource != nil {
 			var err error
-			bus, err = resourceEvent(item.Resource)
+			bus, selected, err = resourceEvent(item.Resource)
 			fail(err)
 		}
+		selections = append(selections, selected)
 		event, err := receive(bus)
 		fail(err)
 		received = append(received, event)
@@ -299,7 +366,7 @@ func evaluate(req request) map[string]any {
 		}
 		results = append(results, perSensor)
 	}
-	return map[string]any{"events": received, "results": results}
+	return map[string]any{"events": received, "results": results, "selections": selections}
 }
 
 func evaluateSensor(text string, event *v1alpha1.Event) sensorResult {
