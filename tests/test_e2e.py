@@ -14,6 +14,8 @@ seed's Sensor (conformance/argo-events-v1.9.11).
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import secrets
 import subprocess
@@ -50,6 +52,7 @@ from exit_handler.testing import (
     jetstream_client_auth,
     stream_messages,
 )
+from exit_handler.workflow import PUBLISHED
 
 pytestmark = pytest.mark.e2e
 
@@ -68,7 +71,9 @@ NOT_EXERCISED = (
     "WorkflowTaskResult its wait container would (declared outputs, placeholder values); "
     "exit-handler pods get none (v3.5.9 and later complete a pod without one)",
     "Services, DNS and NetworkPolicies: the exit handler reaches NATS and GCS on loopback",
-    "the service account token and Workload Identity (GCS is reached without credentials)",
+    "the in-cluster token mount: each exit pod gets a token of its ServiceAccount, bound to the "
+    "pod, from the TokenRequest API, as a kubeconfig; Workload Identity (GCS is reached "
+    "without credentials)",
     "signals to running containers (argo stop is taken while the step's pod is Pending)",
 )
 
@@ -81,13 +86,18 @@ class Scenario:
     inject: tuple[str, ...] = ()
     step_annotations: tuple[tuple[str, str, str], ...] = ()  # (template, key, value)
     pipeline_root: str | None = None  # None: a fresh bucket of the run's own
-    model: bool = False
-    stop: bool = False
+    root_of: str | None = None  # share the pipeline root of that (earlier) scenario's run
+    push: str | None = None  # the model version its Pusher writes while its pod runs
+    push_after: str | None = None  # its Pusher starts after that scenario's has finished
+    push_with: str | None = None  # its Pusher runs in the same seconds as that scenario's
+    global_output: bool = False  # the evaluator sets the global output `accuracy`
+    stop: str | None = None  # argo stop (Stop) or terminate (Terminate) while a step is held
     lose_first_ack: bool = False
 
 
+SERVING_MODEL = ("--artifact", "serving-model=Pusher:pushed_model:0[pushed == 1]")
 SCENARIOS = {
-    "succeeded": Scenario(model=True),
+    "succeeded": Scenario(push="1764300000", global_output=True),
     "failed": Scenario(step_annotations=(("trainer", EXIT_CODE, "1"),)),
     "exit-3-then-0": Scenario(lose_first_ack=True),
     "exit-2": Scenario(pipeline_root="s3://not-gcs/penguin-pipeline"),
@@ -95,8 +105,19 @@ SCENARIOS = {
     "continue-on-failure": Scenario(
         inject=("--continue-on-failure",), pipeline_root="s3://not-gcs/penguin-pipeline"
     ),
-    "stopped": Scenario(step_annotations=(("csvexamplegen", HOLD, "true"),), stop=True),
-    "cluster-template": Scenario(inject=("--cluster-scope",), model=True),
+    "stopped": Scenario(step_annotations=(("csvexamplegen", HOLD, "true"),), stop="Stop"),
+    "terminated": Scenario(step_annotations=(("csvexamplegen", HOLD, "true"),), stop="Terminate"),
+    "cluster-template": Scenario(inject=("--cluster-scope",), push="1764300000"),
+    # 2,000 failed nodes: nothing about them travels through arguments any more.
+    "2000-failures": Scenario(fixture="many_failures.yaml"),
+    # Two runs of one pipeline on one root: A created, B created, B pushes 105, A pushes 106.
+    "overlap-a": Scenario(inject=SERVING_MODEL, push="106", push_after="overlap-b"),
+    "overlap-b": Scenario(inject=SERVING_MODEL, root_of="overlap-a", push="105"),
+    # Two runs whose Pushers run in the same seconds: neither can tell its version.
+    "same-seconds-a": Scenario(inject=SERVING_MODEL, push="107", push_with="same-seconds-b"),
+    "same-seconds-b": Scenario(
+        inject=SERVING_MODEL, root_of="same-seconds-a", push="108", push_with="same-seconds-a"
+    ),
 }
 
 
@@ -221,21 +242,26 @@ def namespace(
     kubelet = Kubelet(cluster, name, VENV_BIN, before_run=before_run)
     listener.drain()
     for scenario_name, scenario in SCENARIOS.items():
-        run = _submit(cluster, name, scenario, gcs_server)
+        root = runs[scenario.root_of].root if scenario.root_of else None
+        run = _submit(cluster, name, scenario, gcs_server, root)
         runs[scenario_name] = run
         scenario_of[run.name] = scenario
-    stopping = [
-        threading.Thread(target=_stop_when_held, args=(cluster, name, runs[scenario_name]))
-        for scenario_name, scenario in SCENARIOS.items()
+    helpers = [
+        threading.Thread(target=_stop_when_held, args=(cluster, name, runs[key], scenario.stop))
+        for key, scenario in SCENARIOS.items()
         if scenario.stop
+    ] + [
+        threading.Thread(target=_push, args=(cluster, name, runs, key, gcs_server))
+        for key, scenario in SCENARIOS.items()
+        if scenario.push
     ]
-    for thread in stopping:
+    for thread in helpers:
         thread.start()
 
     try:
         _drive(cluster, name, kubelet, runs)
     finally:
-        for thread in stopping:
+        for thread in helpers:
             thread.join()
         proxy.drop_acks = False
         cluster.processes.stop(line)
@@ -263,7 +289,9 @@ def _exists(cluster: Cluster, namespace: str, what: str) -> bool:
     return True
 
 
-def _submit(cluster: Cluster, namespace: str, scenario: Scenario, gcs: FakeGcsServer) -> Run:
+def _submit(
+    cluster: Cluster, namespace: str, scenario: Scenario, gcs: FakeGcsServer, root: str | None
+) -> Run:
     """`exit-handler inject` the fixture, then `kubectl create` it with its pipeline root."""
     injected = subprocess.run(
         [str(VENV_BIN / "exit-handler"), "inject", str(FIXTURES / scenario.fixture),
@@ -271,11 +299,24 @@ def _submit(cluster: Cluster, namespace: str, scenario: Scenario, gcs: FakeGcsSe
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     workflow = yaml.safe_load(injected)
+    annotations = [
+        *scenario.step_annotations,
+        *((("pusher", HOLD, "true"),) if scenario.push else ()),
+        *((("evaluator", HOLD, "true"),) if scenario.push_after else ()),
+    ]
     for template in workflow["spec"]["templates"]:
-        for owner, key, value in scenario.step_annotations:
+        for owner, key, value in annotations:
             if template["name"] == owner:
                 template.setdefault("metadata", {}).setdefault("annotations", {})[key] = value
-    root = scenario.pipeline_root
+        if scenario.global_output and template["name"] == "evaluator":
+            template.setdefault("outputs", {}).setdefault("parameters", []).append(
+                {
+                    "name": "accuracy",
+                    "globalName": "accuracy",
+                    "valueFrom": {"path": "/tmp/accuracy", "default": "0.93"},
+                }
+            )
+    root = root or scenario.pipeline_root
     if root is None:
         bucket = f"e2e-{uuid.uuid4().hex[:12]}"
         gcs.create_bucket(bucket)
@@ -287,29 +328,73 @@ def _submit(cluster: Cluster, namespace: str, scenario: Scenario, gcs: FakeGcsSe
         cluster.kubectl("create", "-n", namespace, "-o", "json", "-f", "-",
                         stdin=yaml.safe_dump(workflow))
     )  # fmt: skip
-    run = Run(created["metadata"]["name"], created["metadata"]["uid"], root)
-    if scenario.model:
-        # What the run's Pusher writes, after the run was created.
-        bucket, _, path = root.removeprefix("gs://").partition("/")
-        time.sleep(1.1)  # creationTimestamp has whole seconds
-        run.pushed = upload_model(gcs, bucket, f"{path}/Pusher/pushed_model", "1764300000")
-    return run
+    return Run(created["metadata"]["name"], created["metadata"]["uid"], root)
 
 
-def _stop_when_held(cluster: Cluster, namespace: str, run: Run) -> None:
-    """`argo stop` (spec.shutdown: Stop) once the held step's pod exists."""
+def _held_pod(cluster: Cluster, namespace: str, run: Run, step: str) -> dict[str, Any] | None:
+    """The pod of RUN's STEP while it is held Pending, else None."""
+    pods = cluster.api.get(
+        f"/api/v1/namespaces/{namespace}/pods"
+        f"?labelSelector=workflows.argoproj.io/workflow={run.name}"
+    )["items"]
+    for pod in pods:
+        annotations = pod["metadata"].get("annotations") or {}
+        node = annotations.get("workflows.argoproj.io/node-name", "")
+        if HOLD in annotations and node.endswith(f".{step}"):
+            return dict(pod)
+    return None
 
-    def held() -> bool:
-        pods = cluster.api.get(
-            f"/api/v1/namespaces/{namespace}/pods"
-            f"?labelSelector=workflows.argoproj.io/workflow={run.name}"
-        )["items"]
-        return any(HOLD in (p["metadata"].get("annotations") or {}) for p in pods)
 
-    wait_for("the held pod", held)
+def _release(cluster: Cluster, namespace: str, pod: dict[str, Any]) -> None:
+    cluster.kubectl("annotate", "pod", pod["metadata"]["name"], "-n", namespace, f"{HOLD}-")
+
+
+def _step_finished(cluster: Cluster, namespace: str, run: Run, step: str) -> bool:
+    workflow = cluster.api.get(
+        f"/apis/argoproj.io/v1alpha1/namespaces/{namespace}/workflows/{run.name}"
+    )
+    return any(
+        node.get("templateName") == step and node.get("finishedAt")
+        for node in workflow.get("status", {}).get("nodes", {}).values()
+    )
+
+
+def _push(
+    cluster: Cluster, namespace: str, runs: dict[str, Run], key: str, gcs: FakeGcsServer
+) -> None:
+    """What a Pusher does while its pod runs: write the model's copy under the root."""
+    scenario, run = SCENARIOS[key], runs[key]
+    if scenario.push_after:
+        other = runs[scenario.push_after]
+        wait_for(
+            f"{other.name}'s pusher", lambda: _step_finished(cluster, namespace, other, "pusher")
+        )
+        time.sleep(1.5)  # node times are whole seconds: start this Pusher in a later one
+        held = wait_for(
+            "the held evaluator", lambda: _held_pod(cluster, namespace, run, "evaluator")
+        )
+        _release(cluster, namespace, held)
+    pod = wait_for(
+        f"{run.name}'s held pusher", lambda: _held_pod(cluster, namespace, run, "pusher")
+    )
+    if scenario.push_with:
+        other = runs[scenario.push_with]
+        wait_for("the other pusher", lambda: _held_pod(cluster, namespace, other, "pusher"))
+    bucket, _, path = run.root.removeprefix("gs://").partition("/")
+    assert scenario.push is not None
+    run.pushed = upload_model(gcs, bucket, f"{path}/Pusher/pushed_model", scenario.push)
+    if scenario.push_with:
+        other = runs[scenario.push_with]
+        wait_for("the other push", lambda: other.pushed)
+    _release(cluster, namespace, pod)
+
+
+def _stop_when_held(cluster: Cluster, namespace: str, run: Run, strategy: str) -> None:
+    """`argo stop` (Stop) or `argo terminate` (Terminate) once the held step's pod exists."""
+    wait_for("the held pod", lambda: _held_pod(cluster, namespace, run, "csvexamplegen"))
     cluster.kubectl(
         "patch", "workflow", run.name, "-n", namespace,
-        "--type=merge", "-p", '{"spec": {"shutdown": "Stop"}}',
+        "--type=merge", "-p", json.dumps({"spec": {"shutdown": strategy}}),
     )  # fmt: skip
 
 
@@ -353,7 +438,7 @@ def phase(ns: Namespace, scenario: str) -> Phase:
     found = Phase(workflow["status"]["phase"])
     found.nodes = "; ".join(
         f"{n['displayName']} {n['phase']} {n.get('message', '')}".strip()
-        for n in workflow["status"].get("nodes", {}).values()
+        for n in nodes(workflow).values()
     )
     return found
 
@@ -376,10 +461,37 @@ def seed_fires(ns: Namespace, scenario: str) -> bool:
     return fires(answer["results"][0][0])
 
 
+def nodes(workflow: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """`status.nodes`, or what Argo gzips into `compressedNodes` when the Workflow grows large."""
+    status = workflow["status"]
+    if "compressedNodes" in status:
+        found: dict[str, dict[str, Any]] = json.loads(
+            gzip.decompress(base64.b64decode(status["compressedNodes"]))
+        )
+        return found
+    return dict(status.get("nodes") or {})
+
+
 def node_phases(ns: Namespace, scenario: str, match: Callable[[dict[str, Any]], bool]) -> list[str]:
     workflow = ns.runs[scenario].workflow
     assert workflow is not None
-    return [n["phase"] for n in workflow["status"]["nodes"].values() if match(n)]
+    return [n["phase"] for n in nodes(workflow).values() if match(n)]
+
+
+def event_id(ns: Namespace, scenario: str) -> str:
+    view = json.loads(ns.events[ns.runs[scenario].name]["sensor"]["data"])
+    return str(view["header"]["ce-id"][0])
+
+
+def labels(ns: Namespace, scenario: str) -> dict[str, str]:
+    workflow = ns.cluster.api.get(
+        f"/apis/argoproj.io/v1alpha1/namespaces/{ns.name}/workflows/{ns.runs[scenario].name}"
+    )
+    return dict(workflow["metadata"].get("labels") or {})
+
+
+def locations(artifacts: list[dict[str, str]]) -> list[str]:
+    return [artifact["location"] for artifact in artifacts]
 
 
 def test_a_succeeded_run_publishes_the_model_it_pushed(namespace: Namespace) -> None:
@@ -395,7 +507,159 @@ def test_a_succeeded_run_publishes_the_model_it_pushed(namespace: Namespace) -> 
     assert body["workflowName"] == ns.runs["succeeded"].name
     assert body["namespace"] == ns.name
     assert [a["location"] for a in body["servingModelArtifacts"]] == [ns.runs["succeeded"].pushed]
+    assert body["outputParameters"] == {"accuracy": "0.93"}  # from the Workflow's status
     assert seed_fires(ns, "succeeded")
+
+
+def test_a_run_with_2000_failed_nodes_publishes_them_from_the_workflow(
+    namespace: Namespace,
+) -> None:
+    ns = namespace
+    assert phase(ns, "2000-failures") == "Failed"
+    failed = node_phases(ns, "2000-failures", lambda n: n.get("templateName") == "fail")
+    assert failed == ["Failed"] * 2000
+    assert exit_codes(ns, "2000-failures") == [0]
+    (ran,) = ns.pods["2000-failures"]
+    assert not any(part.startswith("--failures=") for part in ran.argv)
+    assert sum(len(part) for part in ran.argv) < 4096  # no argument grows with the run
+    body = event_body(ns, "2000-failures")
+    assert len(body["failures"]) == 20
+    assert {f["templateName"] for f in body["failures"]} <= {"fail", "many-failures"}
+
+
+def test_overlapping_runs_each_publish_the_model_they_pushed(namespace: Namespace) -> None:
+    """A created, B created, B pushed 105, A pushed 106: each event names its own version."""
+    ns = namespace
+    for scenario, version in (("overlap-a", "106"), ("overlap-b", "105")):
+        assert exit_codes(ns, scenario) == [0]
+        body = event_body(ns, scenario)
+        pushed = ns.runs[scenario].pushed
+        assert str(pushed).endswith(f"/{version}")
+        assert locations(body["servingModelArtifacts"]) == [pushed], scenario
+        assert body["artifacts"] == [{"name": "serving-model", "location": pushed}], scenario
+        assert "overlappingComponents" not in body
+
+
+def test_runs_whose_pushers_ran_in_the_same_seconds_say_so(namespace: Namespace) -> None:
+    ns = namespace
+    both = sorted(str(ns.runs[s].pushed) for s in ("same-seconds-a", "same-seconds-b"))
+    for scenario in ("same-seconds-a", "same-seconds-b"):
+        body = event_body(ns, scenario)
+        assert body["overlappingComponents"] == ["Pusher"]
+        assert body["artifacts"] == []  # no guess
+        assert sorted(locations(body["servingModelArtifacts"])) == both
+
+
+def test_every_published_run_is_labelled_with_its_event_id(namespace: Namespace) -> None:
+    ns = namespace
+    published = [s for s in SCENARIOS if ns.runs[s].name in ns.events]
+    assert len(published) >= 8, published
+    for scenario in published:
+        assert labels(ns, scenario).get(PUBLISHED) == event_id(ns, scenario), scenario
+    assert PUBLISHED not in labels(ns, "exit-2")
+
+
+def _backstop(
+    ns: Namespace, scenario: str, nats_url: str, gcs: FakeGcsServer
+) -> subprocess.CompletedProcess[str]:
+    """What the backstop's Workflow runs: the Workflow's name and namespace, nothing else."""
+    env = {
+        "PATH": f"{VENV_BIN}:/usr/bin:/bin",
+        "KUBECONFIG": str(ns.cluster.kubeconfig),
+        "EXIT_HANDLER_NATS_URL": nats_url,
+        "EXIT_HANDLER_TIMEOUT": "10",
+        "STORAGE_EMULATOR_HOST": gcs.endpoint,
+    }
+    return subprocess.run(
+        [str(VENV_BIN / "exit-handler"), "publish", f"--workflow={ns.runs[scenario].name}",
+         f"--namespace={ns.name}"],
+        env=env, capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("scenario", ["failed", "user-exit-handler", "exit-3-then-0"])
+def test_the_finished_workflow_gives_the_id_its_exit_handler_sent(
+    namespace: Namespace, scenario: str, gcs_server: FakeGcsServer
+) -> None:
+    """Read again after the run ended (its onExit nodes done, a retried attempt among them),
+    the Workflow names the same outcome: the backstop and an operator send the same id."""
+    ns = namespace
+    done = subprocess.run(
+        [str(VENV_BIN / "exit-handler"), "publish", f"--workflow={ns.runs[scenario].name}",
+         f"--namespace={ns.name}", "--dry-run"],
+        env={"PATH": f"{VENV_BIN}:/usr/bin:/bin", "KUBECONFIG": str(ns.cluster.kubeconfig),
+             "STORAGE_EMULATOR_HOST": gcs_server.endpoint},
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["headers"]["ce-id"] == event_id(ns, scenario)
+
+
+def test_the_backstop_publishes_a_terminated_run_once(
+    namespace: Namespace, nats: tuple[NatsServer, NatsProxy, str], gcs_server: FakeGcsServer
+) -> None:
+    ns, url = namespace, nats[0].url
+    assert phase(ns, "terminated") == "Failed"
+    assert exit_codes(ns, "terminated") == []  # Terminate runs no exit handler
+    assert PUBLISHED not in labels(ns, "terminated")
+    name = ns.runs["terminated"].name
+
+    def stored() -> list[dict[str, Any]]:
+        messages = stream_messages(url, STREAM)
+        return [json.loads(m.data) for m in messages if name.encode() in m.data]
+
+    first = _backstop(ns, "terminated", url, gcs_server)
+    assert first.returncode == 0, first.stderr
+    (body,) = stored()
+    assert body["status"] == "failed"
+    assert body["workflowName"] == name
+    assert body["pipelineName"] == "penguin-pipeline"
+    assert labels(ns, "terminated")[PUBLISHED] in first.stderr  # the id it logged
+    again = _backstop(ns, "terminated", url, gcs_server)
+    assert again.returncode == 0, again.stderr
+    assert "nothing to do" in again.stderr
+    assert len(stored()) == 1
+
+
+def test_the_backstop_leaves_a_published_run_alone(
+    namespace: Namespace, nats: tuple[NatsServer, NatsProxy, str], gcs_server: FakeGcsServer
+) -> None:
+    ns, url = namespace, nats[0].url
+    before = len(stream_messages(url, STREAM))
+    done = _backstop(ns, "succeeded", url, gcs_server)
+    assert done.returncode == 0, done.stderr
+    assert "nothing to do" in done.stderr
+    assert len(stream_messages(url, STREAM)) == before
+
+
+def test_a_refused_service_account_falls_back_to_the_variables(namespace: Namespace) -> None:
+    """The API refuses `get workflows`: the variables on the command line stand in."""
+    ns = namespace
+    ns.cluster.kubectl("create", "serviceaccount", "no-rights", "-n", ns.name)
+    token = ns.cluster.kubectl("create", "token", "no-rights", "-n", ns.name).strip()
+    kubeconfig = yaml.safe_load(ns.cluster.kubeconfig.read_text())
+    kubeconfig["users"][0]["user"] = {"token": token}
+    path = ns.cluster.workdir / "no-rights.kubeconfig"
+    path.write_text(yaml.safe_dump(kubeconfig))
+    run = ns.runs["succeeded"]
+    common = [
+        str(VENV_BIN / "exit-handler"), "publish", f"--workflow={run.name}",
+        f"--namespace={ns.name}", f"--kubeconfig={path}", "--dry-run",
+    ]  # fmt: skip
+    env = {"PATH": f"{VENV_BIN}:/usr/bin:/bin"}
+    fallback = subprocess.run(
+        [*common, "--status=Succeeded", f"--workflow-name={run.name}",
+         f"--workflow-uid={run.uid}", "--pipeline-name=penguin-pipeline"],
+        env=env, capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert fallback.returncode == 0, fallback.stderr
+    assert "falling back to the variables" in fallback.stderr
+    assert "forbidden" in fallback.stderr.lower()
+    assert json.loads(json.loads(fallback.stdout)["payload"])["workflowName"] == run.name
+    refused = subprocess.run(
+        common, env=env, capture_output=True, text=True, check=False, timeout=60
+    )
+    assert refused.returncode == 4, refused.stderr
 
 
 def test_a_failed_run_carries_the_failures_the_controller_filled(namespace: Namespace) -> None:
