@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-all conformance e2e lint bench clean
+.PHONY: demo test test-all conformance e2e lint bench mutate clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,5 +38,13 @@ test-all: lint
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench.py
 
+# Mutation testing of the modules that decide the event (not in CI: tens of minutes).
+# MUTANTS narrows it, e.g. make mutate MUTANTS='exit_handler.event*'.
+MUTANTS ?= exit_handler.*
+mutate: $(VENV)/.installed
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,mutate]'
+	$(VENV)/bin/mutmut run "$(MUTANTS)"
+	$(PY) tests/mutation_report.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis mutants

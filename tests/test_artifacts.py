@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ def upload_execution(
 @pytest.fixture(scope="module")
 def seeded(gcs_server: FakeGcsServer) -> tuple[str, str, dict[str, str]]:
     """An earlier run, then this run: (bucket, created-at, locations by short name)."""
-    bucket = "artifact-definitions"
+    bucket = f"artifact-definitions-{uuid.uuid4().hex[:8]}"  # each session its own
     gcs_server.create_bucket(bucket)
     upload_execution(gcs_server, bucket, "Pusher/pushed_model/7", {"blessed": "true"})
     upload_execution(gcs_server, bucket, "Trainer/model/6", {"owner": "team-a"})

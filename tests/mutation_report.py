@@ -1,0 +1,58 @@
+"""The score of `make mutate`, per module: killed among the mutants that are not equivalent.
+
+mutmut keeps each mutant's verdict in `mutants/exit_handler/<module>.py.meta`; this reads
+them and `tests/mutation-equivalent.txt`, the mutants that cannot change behaviour, each
+with its reason, so that nobody investigates them twice. Run from the repository's root,
+after `mutmut run`: `.venv/bin/python tests/mutation_report.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).parent.parent
+META = REPO / "mutants" / "exit_handler"
+EQUIVALENT = Path(__file__).parent / "mutation-equivalent.txt"
+TARGET = 0.90
+KILLED = {1, 3, 36, 37, -24, 24, 152, 255}  # failed, errored, timed out or refused by mypy
+
+
+def equivalent() -> dict[str, str]:
+    """`mutant name  reason` per line; `#` starts a comment."""
+    found = {}
+    for line in EQUIVALENT.read_text().splitlines():
+        name, _, reason = line.partition("#")[0].strip().partition(" ")
+        if name:
+            found[name] = reason.strip()
+    return found
+
+
+def main() -> int:
+    excluded = equivalent()
+    failing = False
+    print(f"{'module':<20} {'mutants':>8} {'checked':>8} {'killed':>7} {'equiv.':>7} {'score':>7}")
+    for meta in sorted(META.glob("*.py.meta")):
+        verdicts = json.loads(meta.read_text())["exit_code_by_key"]
+        checked = {k: v for k, v in verdicts.items() if v is not None}
+        if not checked:
+            continue
+        counts = Counter("killed" if v in KILLED else "equivalent" if k in excluded else "alive"
+                         for k, v in checked.items())  # fmt: skip
+        judged = counts["killed"] + counts["alive"]
+        score = counts["killed"] / judged if judged else 1.0
+        failing |= score < TARGET
+        module = meta.name.removesuffix(".py.meta")
+        print(
+            f"{module:<20} {len(verdicts):>8} {len(checked):>8} {counts['killed']:>7} "
+            f"{counts['equivalent']:>7} {score:>7.1%}"
+        )
+        for name in sorted(k for k, v in checked.items() if v not in KILLED and k not in excluded):
+            print(f"    alive: {name}  (mutmut show {name})")
+    return 1 if failing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
