@@ -88,6 +88,7 @@ def test_failures_only_for_failed_runs_first_twenty_messages_cut() -> None:
     assert "failures" not in data(replace(RUN, status="succeeded"))
     # Trimmed to none for max_payload: no key rather than an empty list that reads as "none".
     assert "failures" not in data(failure_limit=0)
+    assert data(replace(RUN, failures=many), failure_limit=1)["failures"] == failures[:1]
 
 
 def test_binary_mode_headers_and_payload() -> None:
