@@ -192,3 +192,11 @@ def test_the_vectors_cover_what_consumers_must_reproduce() -> None:
     assert len(set(ids)) >= 5  # distinct outcomes, and the cases that share an id
     assert any(not str(v["failures"]).isascii() for v in VECTORS)
     assert any(v.get("runId") for v in VECTORS)
+
+
+def test_a_list_that_arrived_cut_hashes_the_text_cut() -> None:
+    """Each exit pod keeps another subset of a cut list: the id names the cut, as documented."""
+    namespace = uuid.UUID("6f1c3e2a-8d4b-5c7e-9a10-4b2f6d8e0c31")
+    cut = replace(RUN, failures_cut=True)
+    assert event_id(cut) == str(uuid.uuid5(namespace, "uid-1/failed/cut"))
+    assert event_id(replace(cut, failures=())) == event_id(cut)
