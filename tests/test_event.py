@@ -18,7 +18,7 @@ from conftest import run_handler
 
 from exit_handler.event import Artifact, build_event, event_data, event_id
 from exit_handler.run import Failure, Run
-from exit_handler.wire import encode, fit, percent_encode
+from exit_handler.wire import Message, encode, fit, percent_encode
 
 OBSERVED = datetime(2026, 11, 26, 10, 42, 13, tzinfo=UTC)
 RUN = Run(
@@ -200,3 +200,9 @@ def test_a_list_that_arrived_cut_hashes_the_text_cut() -> None:
     cut = replace(RUN, failures_cut=True)
     assert event_id(cut) == str(uuid.uuid5(namespace, "uid-1/failed/cut"))
     assert event_id(replace(cut, failures=())) == event_id(cut)
+
+
+def test_size_counts_the_header_block_as_the_server_does() -> None:
+    """`NATS/1.0␍␊`, each `key: value␍␊`, a blank line, then the payload: what HPUB sends."""
+    message = Message("events", {"ce-id": "1", "Nats-Msg-Id": "1"}, b"{}")
+    assert message.size() == len(b"NATS/1.0\r\nce-id: 1\r\nNats-Msg-Id: 1\r\n\r\n{}")
