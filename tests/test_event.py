@@ -16,6 +16,7 @@ import pytest
 from cloudevents.core.formats.json import JSONFormat
 from conftest import run_handler
 
+from exit_handler.errors import BadInput
 from exit_handler.event import Artifact, build_event, event_data, event_id
 from exit_handler.run import Failure, Run
 from exit_handler.wire import Message, encode, fit, percent_encode
@@ -142,6 +143,11 @@ def test_fit_drops_failures_until_the_message_fits() -> None:
     assert len(json.loads(fitted.payload)["failures"]) == 19
     assert fitted.headers["Nats-Msg-Id"] == event_id(run)  # the id counts every failure
     assert fit(render, full, 20).size() == full
+    # Room for none: the event goes without the key; one byte less is bad input.
+    bare = render(0).size()
+    assert "failures" not in json.loads(fit(render, bare, 20).payload)
+    with pytest.raises(BadInput, match="even without failures"):
+        fit(render, bare - 1, 20)
 
 
 # --- the id's test vectors: part of the contract (docs/event-id-vectors.json) -------------
