@@ -212,3 +212,13 @@ def test_size_counts_the_header_block_as_the_server_does() -> None:
     """`NATS/1.0␍␊`, each `key: value␍␊`, a blank line, then the payload: what HPUB sends."""
     message = Message("events", {"ce-id": "1", "Nats-Msg-Id": "1"}, b"{}")
     assert message.size() == len(b"NATS/1.0\r\nce-id: 1\r\nNats-Msg-Id: 1\r\n\r\n{}")
+
+
+def test_the_payload_is_compact_utf8_json() -> None:
+    """No spaces, non-ASCII as UTF-8 bytes (not `\\u` escapes): the bytes max_payload counts."""
+    run = replace(RUN, failures=(Failure("Trainer", "trainer", "Failed", "échec: 🫠"),))
+    event = build_event(run, data(run), source="kfp", observed_at=OBSERVED)
+    payload = encode(event, "e", "binary").payload
+    assert "échec: 🫠".encode() in payload
+    assert b", " not in payload
+    assert b'":"' in payload
