@@ -10,9 +10,6 @@ ran, which bounds discovery to this run's own executions.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import gzip
 import json
 import logging
 import re
@@ -201,6 +198,10 @@ def _nodes(status: Mapping[str, Any], where: str) -> dict[str, dict[str, Any]]:
     nodes = status.get("nodes")
     compressed = status.get("compressedNodes")
     if not nodes and isinstance(compressed, str) and compressed:
+        import base64  # only a large run's nodes come compressed
+        import binascii
+        import gzip
+
         try:
             nodes = json.loads(gzip.decompress(base64.b64decode(compressed, validate=True)))
         except (binascii.Error, OSError, EOFError, ValueError):

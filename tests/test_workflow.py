@@ -37,7 +37,16 @@ from exit_handler.inject import USER_STEP, InjectOptions, inject
 from exit_handler.options import read_options
 from exit_handler.pipeline_root import PipelineRoot, RootLister, Window
 from exit_handler.publish import _component_windows, publish
-from exit_handler.run import OUR_STEP, WRAPPER, Failure, Run, RunText, parse_timestamp, read_run
+from exit_handler.run import (
+    MAX_PARAMETER_VALUE,
+    OUR_STEP,
+    WRAPPER,
+    Failure,
+    Run,
+    RunText,
+    parse_timestamp,
+    read_run,
+)
 from exit_handler.testing import FakeGcsServer, free_port
 from exit_handler.workflow import (
     PUBLISHED,
@@ -617,6 +626,15 @@ def test_a_global_output_that_looks_like_a_template_is_data() -> None:
         "accuracy": "0.93",
         "prompt": "Classify {{species}} from its bill length",
     }
+
+
+def test_a_global_output_over_the_size_bound_is_left_out_and_the_rest_kept() -> None:
+    workflow = penguin()
+    huge = "x" * (MAX_PARAMETER_VALUE + 1)
+    workflow["status"]["outputs"] = {
+        "parameters": [{"name": "accuracy", "value": "0.93"}, {"name": "blob", "value": huge}]
+    }
+    assert from_object(workflow).output_parameters == {"accuracy": "0.93"}
 
 
 # --- when each component ran ---------------------------------------------------------------
