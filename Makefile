@@ -38,13 +38,12 @@ test-all: lint
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench.py
 
-# Mutation testing of the modules that decide the event (not in CI: tens of minutes).
-# MUTANTS narrows it, e.g. make mutate MUTANTS='exit_handler.event*'.
-MUTANTS ?= exit_handler.*
+# Mutation testing of the modules that decide the event (not in CI). Without MODULE it judges
+# the mutants not judged yet (all of them the first time); MODULE=event re-judges one module.
 mutate: $(VENV)/.installed
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,mutate]'
-	$(VENV)/bin/mutmut run "$(MUTANTS)"
-	$(PY) tests/mutation_report.py
+	$(VENV)/bin/mutmut run $(if $(MODULE),"exit_handler.$(MODULE).*")
+	$(PY) tests/mutation_report.py $(MODULE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis mutants

@@ -38,6 +38,7 @@ fake-gcs-server v1.54.0 (``-backend memory``), as measured on this machine:
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import importlib.util
 import json
 import os
@@ -68,6 +69,8 @@ _PROBE_TIMEOUT_S = 1.0
 _STOP_GRACE_S = 5.0
 _NATS_START_TIMEOUT_S = 10.0
 _LOG_TAIL_LINES = 40
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
 # Servers run on loopback: never route their traffic through an HTTP(S)_PROXY from the env.
 _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 _Server = TypeVar("_Server", bound="_ServerProcess")
@@ -142,6 +145,19 @@ def _quote(value: str | Path) -> str:
     return json.dumps(str(value))
 
 
+def _dies_with_parent() -> bool:
+    """Linux ties a server to the thread that starts it: only the main thread's last as
+    long as the process (a test may start a server late, from a timer thread)."""
+    return _PRCTL is not None and threading.current_thread() is threading.main_thread()
+
+
+def _die_with_parent() -> None:
+    """SIGKILL the server when the process that started it dies, even by a signal (a test
+    run killed for its time, a mutant `make mutate` stopped), so none outlives it."""
+    assert _PRCTL is not None
+    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 @dataclass
 class _ServerProcess(ABC):
     """Lifecycle shared by both servers: one child process, a temp dir, a log file."""
@@ -202,6 +218,8 @@ class _ServerProcess(ABC):
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                # Only a prctl call, resolved before the fork: no lock a thread could hold.
+                preexec_fn=_die_with_parent if _dies_with_parent() else None,  # noqa: PLW1509
             )
         return offset
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 import time
 import uuid
@@ -23,6 +24,37 @@ if Path(__file__).parent.parent.name == "mutants":
     # make mutate runs this copy of the suite, where mutmut's trampoline doubles every call
     # of a mutated function: inputs sized to the recursion limit need the room back.
     sys.setrecursionlimit(sys.getrecursionlimit() * 3)
+
+# `make mutate`: the test files that judge each module's mutants. Of the tests that reach a
+# mutated function, mutmut runs those in its module's files; the rest only repeat them slower.
+MUTATION_JUDGES = {
+    "event": {"test_event.py", "test_schema.py", "test_run.py", "test_workflow.py"},
+    "run": {"test_run.py", "test_event.py", "test_bad_input.py", "test_workflow.py"},
+    "wire": {"test_event.py", "test_schema.py", "test_delivery.py", "test_publish.py"},
+    "pipeline_root": {"test_pipeline_root.py", "test_workflow.py"},
+    "artifacts": {"test_artifacts.py", "test_artifact_definitions.py"},
+    "artifact_filter": {"test_artifact_filter.py", "test_artifact_definitions.py"},
+    "delivery": {"test_delivery.py", "test_jetstream.py", "test_publish.py", "test_nats_auth.py"},
+    "options": {
+        "test_bad_input.py",
+        "test_publish.py",
+        "test_run.py",
+        "test_workflow.py",
+        "test_nats_auth.py",
+        "test_replay.py",
+        "test_delivery.py",
+    },
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under `make mutate`, run only the judges of the mutated module (MUTATION_JUDGES)."""
+    module = os.environ.get("MUTANT_UNDER_TEST", "").split(".")
+    if len(module) < 3 or module[0] != "exit_handler":
+        return  # not a mutant: mutmut's clean and stats runs, or no mutmut at all
+    judges = MUTATION_JUDGES[module[1]]
+    config.hook.pytest_deselected(items=[i for i in items if i.path.name not in judges])
+    items[:] = [i for i in items if i.path.name in judges]
 
 
 @dataclass

@@ -83,6 +83,7 @@ DEFINITIONS: list[tuple[str, str, str | None]] = [
         None,
     ),
     ("escapes", 'Pusher:pushed_model[metadata.note == `say "hi"`]', "pusher41"),
+    ("component-output", "Trainer:model:0[component == Trainer and output == model]", "trainer39"),
     ("bareword", "Pusher:pushed_model[metadata.framework == tensorflow]", "pusher41"),
     ("mlmd-only-property", "Pusher:pushed_model[pushed_version == 1]", None),
     ("missing-metadata", "Pusher:pushed_model[metadata.nope == x]", None),
@@ -90,6 +91,21 @@ DEFINITIONS: list[tuple[str, str, str | None]] = [
     ("other-output", "Trainer:model:1", "trainer40"),
     ("no-such-component", "Transform:transformed_examples", None),
 ]
+
+# Why each definition above without a location matched nothing, as the log tells the author.
+FALSE = "the filter is false for {}"
+NOTHING = {
+    "not-pushed": FALSE.format("{eval42}"),
+    "neq-false": FALSE.format("{pusher41}"),
+    "not-contains": FALSE.format("{pusher41}"),
+    "is-empty": FALSE.format("{trainer39}"),
+    "not-before-and": FALSE.format("{pusher41}"),
+    "parentheses": FALSE.format("{pusher41}"),
+    "mlmd-only-property": "unknown selector 'pushed_version': no such property",
+    "missing-metadata": FALSE.format("{pusher41}"),
+    "index-beyond": "this run has 1 executions of Pusher:pushed_model",
+    "no-such-component": "this run has 0 executions of Transform:transformed_examples",
+}
 
 
 def test_every_operator_against_real_gcs_metadata(
@@ -113,9 +129,12 @@ def test_every_operator_against_real_gcs_metadata(
         if short is not None
     ]
     assert artifacts == expected
-    for name, _, short in DEFINITIONS:
+    for name, path, short in DEFINITIONS:
         if short is None:
-            assert f"artifact definition {name!r}" in result.stderr, name
+            why = NOTHING[name].format(**locations)
+            assert f"INFO: artifact definition {name!r} ({path}) matched nothing: {why}\n" in (
+                result.stderr
+            )
 
 
 def test_same_name_yaml_file_and_a_failed_run(

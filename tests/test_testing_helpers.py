@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import subprocess
+import sys
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -115,3 +119,42 @@ def test_fake_gcs_serves_seeded_data_dir(tmp_path: Path) -> None:
 def test_write_gcs_seed_rejects_names_that_are_not_clean_paths(tmp_path: Path, name: str) -> None:
     with pytest.raises(ValueError, match="cannot be stored"):
         write_gcs_seed(tmp_path, "bucket", {name: b"x"})
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+def test_servers_die_with_the_process_that_started_them() -> None:
+    """A test process killed outright (a CI timeout, a mutant `make mutate` stops) leaves
+    no server behind to hold ports and memory."""
+    starter = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time\n"
+            "from exit_handler.testing import FakeGcsServer, NatsServer\n"
+            "nats, gcs = NatsServer(), FakeGcsServer()\n"
+            "nats.start(); gcs.start()\n"
+            "print(nats.pid, gcs.pid, flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert starter.stdout is not None
+    pids = [int(pid) for pid in starter.stdout.readline().split()]
+    assert len(pids) == 2
+    assert all(_running(pid) for pid in pids)
+    starter.send_signal(signal.SIGKILL)
+    starter.wait()
+    deadline = time.monotonic() + 10
+    while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_running(pid) for pid in pids)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (the servers run in their own sessions; init reaps them)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
