@@ -1513,7 +1513,10 @@ def _compile(pattern: str) -> _Pattern:
     try:
         compiled = cast(_Pattern, re2.compile(pattern, options))
     except (re2.error, UnicodeEncodeError) as error:
-        message = str(error) or "not accepted by RE2"
+        # google-re2 carries RE2's message as bytes: decoded, it reads as Go's does.
+        reason = error.args[0] if isinstance(error, re2.error) and error.args else error
+        text = reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)
+        message = text or "not accepted by RE2"
         raise FilterEvaluationError(f"invalid regular expression: {message}") from None
     if len(_PATTERNS) < 256:
         _PATTERNS[pattern] = compiled
@@ -1641,6 +1644,11 @@ def _type_name(found: object) -> str:
     return type(found).__name__
 
 
+def _a(kind: str) -> str:
+    """A kind with its article, for errors: "an integer", "a string"."""
+    return f"an {kind}" if kind[:1] in ("a", "e", "i", "o", "u") else f"a {kind}"
+
+
 def _lookup(selector: tuple[str, ...], properties: Mapping[str, object]) -> object:
     """pointerstructure's ``Get`` and go-bexpr's "not present" rule for a missing map key."""
     found: object = properties
@@ -1648,8 +1656,8 @@ def _lookup(selector: tuple[str, ...], properties: Mapping[str, object]) -> obje
         if not isinstance(found, Mapping):
             walked = ".".join(selector[:index])
             raise FilterEvaluationError(
-                f"unknown selector {'.'.join(selector)!r}: {walked!r} is a "
-                f"{_type_name(found)}, it has no fields"
+                f"unknown selector {'.'.join(selector)!r}: {walked!r} is "
+                f"{_a(_type_name(found))}, it has no fields"
             )
         if part not in found:
             if index == 0:
@@ -1684,7 +1692,7 @@ def _equal(value: Value, found: object, name: str, kind: str) -> bool:
         return found == value.text
     if kind == "integer":
         return found == _integer(name, value)
-    raise FilterEvaluationError(f"{name!r} is a {kind}: '==' and '!=' do not apply")
+    raise FilterEvaluationError(f"{name!r} is {_a(kind)}: '==' and '!=' do not apply")
 
 
 def _contains(value: Value, found: object, name: str, kind: str) -> bool:
@@ -1694,25 +1702,25 @@ def _contains(value: Value, found: object, name: str, kind: str) -> bool:
         return value.text in cast(Mapping[str, object], found)
     if kind == "string":  # bytes, as Go's strings.Contains
         return _utf8(value.text) in _utf8(cast(str, found))
-    raise FilterEvaluationError(f"{name!r} is a {kind}: 'in' and 'contains' do not apply")
+    raise FilterEvaluationError(f"{name!r} is {_a(kind)}: 'in' and 'contains' do not apply")
 
 
 def _matches(value: Value, found: object, name: str, kind: str) -> bool:
     if kind != "string":
-        raise FilterEvaluationError(f"{name!r} is a {kind}: 'matches' applies to strings")
+        raise FilterEvaluationError(f"{name!r} is {_a(kind)}: 'matches' applies to strings")
     return _compile(value.text).search(cast(str, found)) is not None
 
 
 def _empty(_value: Value | None, found: object, name: str, kind: str) -> bool:
     if kind in ("string", "mapping"):
         return len(cast(str, found)) == 0
-    raise FilterEvaluationError(f"{name!r} is a {kind}: 'is empty' does not apply")
+    raise FilterEvaluationError(f"{name!r} is {_a(kind)}: 'is empty' does not apply")
 
 
 def _nil(_value: Value | None, _found: object, name: str, kind: str) -> bool:
     if kind == "mapping":  # only a nil map, slice or pointer is nil; ours never are
         return False
-    raise FilterEvaluationError(f"{name!r} is a {kind}: 'is nil' does not apply")
+    raise FilterEvaluationError(f"{name!r} is {_a(kind)}: 'is nil' does not apply")
 
 
 _WITH_VALUE: dict[Operator, Callable[[Value, object, str, str], bool]] = {

@@ -7,6 +7,7 @@ the messages and the properties that need no Go.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -158,6 +159,8 @@ def test_precedence_and_parentheses(text: str, expected: Expr) -> None:
         ('v == "\\101\\x42\\u0043\\U00000044"', string("ABCD")),
         ('v == "\\xc3\\xa9"', string("é")),  # bytes, decoded as UTF-8
         ('v == "\\xff"', string("\udcff")),  # a byte that is no UTF-8: equals no text
+        ('v == "\\U0010ffff\\uE000\\uD7FF"', string("\U0010ffff\ue000\ud7ff")),  # rune bounds
+        ('v == "\ud800"', string("\udced\udca0\udc80")),  # a lone surrogate: its bytes
         ('v == "and or not ) ( == ]"', string("and or not ) ( == ]")),
         ('v == "ünïcødé ✓"', string("ünïcødé ✓")),
         ('v == `raw \\d+ \\" no escapes`', string('raw \\d+ \\" no escapes')),
@@ -208,6 +211,8 @@ def test_limits() -> None:
         parse("not " * (MAX_DEPTH + 1) + "a == 1")
     with pytest.raises(FilterSyntaxError, match="nests deeper than 32"):
         parse("b == 1 and " + nested(MAX_DEPTH + 1, shape))
+    with pytest.raises(FilterSyntaxError, match="nests deeper than 32"):
+        parse("b == 1 and " + "not " * (MAX_DEPTH + 1) + "a == 1")  # not only at the start
 
 
 def test_go_bexprs_parse_budget_is_counted_like_its_parser() -> None:
@@ -227,6 +232,30 @@ def test_go_bexprs_parse_budget_is_counted_like_its_parser() -> None:
         parse(over)
     # Linear shapes are cheap at any depth: go-bexpr takes them.
     assert parse_steps(nested(30, "(%s and a == 1 or a == 1)")) < 30_000
+
+
+def test_refused_filters_count_their_steps_too() -> None:
+    """A fault ends the parse but its steps still count toward go-bexpr's budget.
+
+    Pinned from this parser; the conformance run checks the budget against go-bexpr.
+    """
+    assert parse_steps("a == 0 x") == 491
+    assert parse_steps("(a == 0 x") == 5030
+    assert parse_steps('v == "a\\q"') == 636
+    assert parse_steps("(pushed == 1") == 5363
+
+
+def test_the_parse_budget_is_a_ceiling() -> None:
+    """A filter may take exactly its budget; one step over, at any rule, is refused."""
+    assert parse_steps("pushed == 1", budget=528) == 528
+    for budget, message in (
+        (527, TOO_COMPLEX),
+        (505, TOO_COMPLEX),
+        (504, TOO_COMPLEX + " " + NESTED_HINT),
+    ):
+        with pytest.raises(FilterSyntaxError) as caught:
+            parse_steps("pushed == 1", budget=budget)
+        assert (caught.value.message, caught.value.position) == (message, 0)
 
 
 def test_error_string_names_the_column() -> None:
@@ -307,6 +336,7 @@ MALFORMED = [
     ('uri matches "\\\\C"', "invalid regular expression", 13),
     ('uri not matches "\\xff"', "invalid regular expression", 17),
     ("x == 1 or uri matches `*`", "invalid regular expression", 23),
+    ('(x == 1 or y == 2) and (z == 1 or w matches "[")', "invalid regular expression", 45),
     ("any metadata as k { k == x }", "'any' and 'all' are not supported", 1),
     ("x" * (MAX_FILTER_LENGTH + 1), "filter is 1025 characters long; the limit is 1024", 1025),
     ("not " * (MAX_DEPTH + 1) + "a == 1", "nests deeper than 32 levels", 4 * MAX_DEPTH + 1),
@@ -321,6 +351,131 @@ def test_malformed_filters_report_what_and_where(text: str, fragment: str, colum
     assert fragment in caught.value.message
     assert caught.value.position + 1 == column
     assert str(caught.value).endswith(f" at column {column}")
+
+
+OPERATORS = "'==', '!=', 'in', 'contains', 'matches' or 'is'"
+TOO_COMPLEX = "filter is too complex: go-bexpr gives up after 2,000,000 parser steps"
+NESTED_HINT = (
+    "(nested parentheses multiply them: write 'not (a or b)' as 'not a and not b', "
+    "or drop parentheses)"
+)
+# The whole message and its column, where the wording itself is what helps the author.
+EXACT_MESSAGES = [
+    ("version == 'abc'", 'unexpected "\'": strings use double quotes or backticks', 12),
+    (
+        "any metadata as k { k == x }",
+        "'any' and 'all' are not supported: no property is a list; test a metadata key with "
+        "'\"KEY\" in metadata'",
+        1,
+    ),
+    (nested(7, "(%s)"), TOO_COMPLEX + " " + NESTED_HINT, 1),
+    ("( 0 ", "expected 'in' or 'not in' after a value but found end of filter", 5),
+    ("(a == 1)or(b == 2)", "'or' needs a blank on each side", 9),
+    ("not( a == 1)", "'not' needs a blank before '('", 4),
+    ("a not (b == 1)", "expected 'in', 'contains' or 'matches' after 'not' but found '('", 7),
+    ("a == is x", "expected 'and', 'or' or end of filter but found 'x'", 9),
+    ("a == not x", "expected 'and', 'or' or end of filter but found 'x'", 10),
+    ('(a == "x"nil)', "expected ')' but found 'nil'", 10),
+    ('(x contains "x".', "expected ')' but found '.'", 16),
+    ("!= 1", "expected a match expression but found '!='", 1),
+    ("a == 1 and != 2", "expected a match expression after 'and' but found '!='", 12),
+    ("a in b@", "expected '.', '[', a name after 'b' but found '@'", 7),
+    ("a !~ 1", f"unknown operator '!~' (expected {OPERATORS}, or 'and', 'or', 'not')", 3),
+    # what was found: a whole string, or the first 21 characters of a longer one
+    ('a == 1 "" "x"', "expected 'and', 'or' or end of filter but found '\"\"'", 8),
+    ('a == 1 "ab" "cd"', "expected 'and', 'or' or end of filter but found '\"ab\"'", 8),
+    ('a == 1 "ab', "expected 'and', 'or' or end of filter but found '\"ab'", 8),
+    ("a == 1 `ab", "expected 'and', 'or' or end of filter but found '`ab'", 8),
+    (
+        "a == 1 abcdefghijklmnopqrstuvwx",
+        "expected 'and', 'or' or end of filter but found 'abcdefghijklmnopqrstuvwx'",
+        8,
+    ),
+    (
+        "a == 1 abcdefghijklmnopqrstuvwxy",
+        "expected 'and', 'or' or end of filter but found 'abcdefghijklmnopqrstu...'",
+        8,
+    ),
+    (
+        'a == 1 "abcdefghijklmnopqrstuvwxyz"',
+        "expected 'and', 'or' or end of filter but found '\"abcdefghijklmnopqrst...'",
+        8,
+    ),
+    ("a is empty)", "unbalanced ')'", 11),
+    ("(a == 1 and)", "expected a blank after 'and' but found ')'", 12),
+    ("(a == 1 )x", "expected a blank after ')' but found 'x'", 10),
+    ("a is not", "expected 'empty' or 'nil' after 'is not' but found end of filter", 9),
+    ("(not", "expected a match expression after 'not' but found end of filter", 5),
+    ("not not", "expected a match expression after 'not' but found end of filter", 8),
+    ("a == 1 and not", "expected a match expression after 'not' but found end of filter", 15),
+    ("a == 1 or not", "expected a match expression after 'not' but found end of filter", 14),
+    (
+        "a is not empty and not",
+        "expected a match expression after 'not' but found end of filter",
+        23,
+    ),
+    ("x not @", "expected 'in', 'contains' or 'matches' after 'not' but found '@'", 7),
+    ("a is not @ not", "expected 'empty' or 'nil' after 'not' but found '@'", 10),
+    (
+        "model-version == 1",
+        f"expected an operator ({OPERATORS}) after 'model' but found '-version' "
+        "('-' cannot be part of a name)",
+        6,
+    ),
+    (
+        'metadata["k"].model-version == 1',
+        f"expected an operator ({OPERATORS}) after '.model' but found '-version' "
+        "('-' cannot be part of a name)",
+        20,
+    ),
+    (
+        "a.model-version == 1",
+        f"expected an operator ({OPERATORS}) after 'a.model' but found '-version' "
+        "('-' cannot be part of a name: write a[\"model-version\"])",
+        8,
+    ),
+    (
+        "metadata.a.model-version == 1",
+        f"expected an operator ({OPERATORS}) after 'metadata.a.model' but found '-version' "
+        "('-' cannot be part of a name: write metadata.a[\"model-version\"])",
+        17,
+    ),
+    (
+        "metadata.model-ver.sion == 1",
+        f"expected an operator ({OPERATORS}) after 'metadata.model' but found '-ver.sion' "
+        "('-' cannot be part of a name: write metadata.model-ver[\"sion\"])",
+        15,
+    ),
+    (
+        'v == "say \\"hi\\""',
+        "a double-quoted string ends at the first '\"', even after a backslash: write \\x22 "
+        "for a quote, or use a backtick string",
+        11,
+    ),
+    (
+        "pushed == 1x",
+        "malformed number: unexpected 'x' (numbers are -?(0|[1-9][0-9]*)(.[0-9]+)? followed by "
+        "a space or ')'; quote text that is not a number)",
+        12,
+    ),
+    ('v == "a\nb"', "newline in a double-quoted string: write \\n, or use a backtick string", 8),
+    *(
+        (
+            f'v == "{escape}"',
+            f"unknown or malformed escape {escape[:2]!r} in string (use '\\\\' for a backslash, "
+            "or a backtick string)",
+            7,
+        )
+        for escape in ("\\q", "\\X41", "\\U00110000", "\\uDFFF", "\\uD800")
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "message", "column"), EXACT_MESSAGES)
+def test_syntax_error_messages(text: str, message: str, column: int) -> None:
+    with pytest.raises(FilterSyntaxError) as caught:
+        parse(text)
+    assert (caught.value.message, caught.value.position + 1) == (message, column)
 
 
 def test_a_refused_pattern_is_named() -> None:
@@ -382,10 +537,15 @@ def _frames() -> list[object]:
         ('v == "/a/b"', 'v == "a/b"'),
         ('v == "\\x2fa/b"', 'v == "\\x2fa/b"'),
         ('v == "\\xff"', 'v == "\\xff"'),
+        ('v == "\\x80\\xc3"', 'v == "\\x80\\xc3"'),  # bytes that are not UTF-8
+        ('v == "a b\\x00\\x1f\\x7f\\r~"', 'v == "a b\\x00\\x1f\\x7f\\x0d~"'),  # controls as \\xNN
         ('metadata["model-version"] == v2', 'metadata["model-version"] == v2'),
         ('"/metadata/a~1b" == x', "metadata.a/b == x"),  # '/' is a name character
         ('"/metadata/a~0b" == x', 'metadata["a~b"] == x'),
         ('"/1/x" == y', '"/1/x" == y'),
+        ('"/1~0a/b~1c" == y', '"/1~0a/b~1c" == y'),  # a pointer keeps ~ and / escaped
+        ('v == "/a/"', 'v == "/a/"'),  # strings that are not pointers keep their "/"
+        ('v == "/a b"', 'v == "/a b"'),
         ("metadata.1 is nil", "metadata.1 is nil"),
         ("x not in metadata", "x not in metadata"),
         ("version is not empty", "version is not empty"),
@@ -497,7 +657,7 @@ def test_evaluate(text: str, pushed: bool | None, not_pushed: bool | None) -> No
         ("pushed_version is empty", "unknown selector 'pushed_version'"),
         ("1 in pushed_version", "unknown selector 'pushed_version'"),
         ("metadata.missing.deeper == x", "unknown selector 'metadata.missing.deeper': no key"),
-        ("pushed.x == 1", "'pushed' is a integer, it has no fields"),
+        ("pushed.x == 1", "'pushed' is an integer, it has no fields"),
         ("version.x == 1", "'version' is a string, it has no fields"),
         ("metadata.blessed.x == 1", "'metadata.blessed' is a string"),
         ("pushed == yes", "'pushed' is an integer property: yes is not a 64-bit integer"),
@@ -509,12 +669,12 @@ def test_evaluate(text: str, pushed: bool | None, not_pushed: bool | None) -> No
         ('pushed == "_1"', "'pushed' is an integer property"),
         ('pushed == "9223372036854775808"', "'pushed' is an integer property"),
         ("x in pushed", "'pushed' is an integer property"),
-        ("1 in pushed", "'pushed' is a integer: 'in' and 'contains' do not apply"),
-        ("pushed contains 1", "'pushed' is a integer"),
-        ('pushed matches "1"', "'pushed' is a integer: 'matches' applies to strings"),
-        ("pushed is empty", "'pushed' is a integer: 'is empty' does not apply"),
-        ("pushed is not empty", "'pushed' is a integer"),
-        ("pushed is nil", "'pushed' is a integer: 'is nil' does not apply"),
+        ("1 in pushed", "'pushed' is an integer: 'in' and 'contains' do not apply"),
+        ("pushed contains 1", "'pushed' is an integer"),
+        ('pushed matches "1"', "'pushed' is an integer: 'matches' applies to strings"),
+        ("pushed is empty", "'pushed' is an integer: 'is empty' does not apply"),
+        ("pushed is not empty", "'pushed' is an integer"),
+        ("pushed is nil", "'pushed' is an integer: 'is nil' does not apply"),
         ("version is nil", "'version' is a string"),
         ("metadata == x", "'metadata' is a mapping: '==' and '!=' do not apply"),
         ('metadata matches "x"', "'metadata' is a mapping"),
@@ -525,6 +685,133 @@ def test_evaluation_errors_name_the_selector(text: str, fragment: str) -> None:
     with pytest.raises(FilterEvaluationError) as caught:
         evaluate(parse(text), {**PUSHED, "weight": 0.5})
     assert fragment in str(caught.value)
+
+
+# (the literal an integer property is compared with, Go's strconv.ParseInt(literal, 0, 64)
+# or None where it refuses): base prefixes, and underscores only between digits or after a
+# prefix. Each checked against Go.
+GO_INTEGERS: list[tuple[str, int | None]] = [
+    ("1_0", 10),
+    ("1__0", None),
+    ("_1", None),
+    ("1_", None),
+    ("0x_1", 1),
+    ("0x1_f", 31),
+    ("0x_1_f", 31),
+    ("0_1", 1),
+    ("0b_1", 1),
+    ("0o_7", 7),
+    ("0x_", None),
+    ("0x", None),
+    ("0b", None),
+    ("0o", None),
+    ("0", 0),
+    ("00", 0),
+    ("0_0", 0),
+    ("08", None),
+    ("0_8", None),
+    ("0x1g", None),
+    ("0b2", None),
+    ("0o8", None),
+    ("1_000_000", 1000000),
+    ("-1_0", -10),
+    ("+1_0", 10),
+    ("-_1", None),
+    ("0x__1", None),
+    ("0X_A", 10),
+    ("0B_1", 1),
+    ("0O_7", 7),
+    ("0xa_b", 171),
+    ("1a", None),
+    ("1_a", None),
+    ("0_", None),
+    ("0__1", None),
+    ("0b1_", None),
+    ("0x_1_", None),
+    ("9_223_372_036_854_775_807", 9223372036854775807),
+    ("0x7fffffffffffffff", 9223372036854775807),
+    ("0x8000000000000000", None),
+    ("-0x8000000000000000", -9223372036854775808),
+    ("0777", 511),
+    ("0b101", 5),
+    ("0B11", 3),
+    ("0XFF", 255),
+    ("0o_1_2", 10),
+    ("0_7_7", 63),
+    ("07_7", 63),
+    ("0x1__2", None),
+    ("z", None),
+    ("", None),
+    ("-", None),
+    ("+", None),
+    ("1_0_", None),
+    ("0b_", None),
+    ("0o_", None),
+    ("0x_g", None),
+    ("0xg_1", None),
+    ("1_ ", None),
+    ("0_b1", None),
+    ("0bb1", None),
+    ("0x_F", 15),
+    ("0xf_", None),
+    ("0b1_1", 3),
+    ("0O17", 15),
+    ("0o1_7", 15),
+    ("0b_1_0", 2),
+    ("-0b_1", -1),
+    ("0x1_A_b", 427),
+    ("0xA_1", 161),
+    ("1__", None),
+    ("0x_a", 10),
+    ("0xa_", None),
+    ("0b1__1", None),
+    ("0_x1", None),
+    ("+_1", None),
+    ("0_o1", None),
+    ("0o1__0", None),
+    ("0x1_g", None),
+    ("1_g", None),
+    ("0X1_F", 31),
+    ("0B1_0", 2),
+]
+
+
+@pytest.mark.parametrize(("literal", "number"), GO_INTEGERS)
+def test_integer_literals_read_as_gos_parseint(literal: str, number: int | None) -> None:
+    expr = parse(f"n == {json.dumps(literal)}")
+    if number is None:
+        with pytest.raises(FilterEvaluationError) as caught:
+            evaluate(expr, {"n": 0})
+        assert "'n' is an integer property" in str(caught.value)
+    else:
+        assert evaluate(expr, {"n": number}) is True
+        assert evaluate(expr, {"n": number + 1}) is False
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a.b == 1", "unknown selector 'a.b': no such property"),
+        (
+            "pushed.x.y == 1",
+            "unknown selector 'pushed.x.y': 'pushed' is an integer, it has no fields",
+        ),
+        (
+            "metadata.blessed.y.z == 1",
+            "unknown selector 'metadata.blessed.y.z': 'metadata.blessed' is a string, it has no "
+            "fields",
+        ),
+        (
+            "pushed == yes",
+            "'pushed' is an integer property: yes is not a 64-bit integer "
+            "(Go's strconv.ParseInt with base 0)",
+        ),
+    ],
+)
+def test_evaluation_error_messages(text: str, message: str) -> None:
+    with pytest.raises(FilterEvaluationError) as caught:
+        evaluate(parse(text), PUSHED)
+    assert str(caught.value) == message
 
 
 def test_integer_bounds_are_int64() -> None:
@@ -564,6 +851,108 @@ def test_evaluation_short_circuits_like_go_bexpr() -> None:
 def test_patterns_are_re2_with_gos_semantics(pattern: str, value: str, matched: bool) -> None:
     expr = Match(("v",), "matches", Value("string", pattern))
     assert evaluate(parse(render(expr)), {"v": value}) is matched
+
+
+# (pattern, None if Go's regexp takes it, else a fragment of the refusal); each checked
+# against Go's regexp.Compile. RE2 reads a repeat count of ten digits as literal text, Go
+# refuses it: the scan that finds such counts must skip classes, escapes and \Q...\E as Go does.
+GO_PATTERNS: list[tuple[str, str | None]] = [
+    # repeat counts: {n}, {n,}, {n,m}; a leading zero or a missing } makes { literal
+    ("a{1234567890}", "invalid repeat count (more than 1000)"),
+    ("a{1034567890}", "invalid repeat count (more than 1000)"),
+    ("a{0,1234567890}", "invalid repeat count (more than 1000)"),
+    ("a{1,1234567890}", "invalid repeat count (more than 1000)"),
+    ("a{1234567890,}", "invalid repeat count (more than 1000)"),
+    ("a{1234567890,}x", "invalid repeat count (more than 1000)"),
+    ("a{1234567890,1}", "invalid repeat count (more than 1000)"),
+    ("(?:a){1234567890}", "invalid repeat count (more than 1000)"),
+    (r"\d{1234567890}", "invalid repeat count (more than 1000)"),
+    ("a{01234567890}", None),
+    ("a{09,1234567890}", None),
+    ("a{1,01234567890}", None),
+    ("a{,1234567890}", None),
+    ("a{1234567890x}", None),
+    ("a{1234567890", None),
+    ("a{1234567890,", None),
+    ("a{1,1234567890", None),
+    ("a{", None),
+    ("a{2}", None),
+    ("a{1,}", None),
+    ("x1234567890}", None),
+    (r"\{1234567890}", None),
+    # character classes: a leading ] (after ^) is literal, [:name:] and escapes do not end them
+    ("[a]{1234567890}", "invalid repeat count (more than 1000)"),
+    ("[a]b{1234567890}", "invalid repeat count (more than 1000)"),
+    ("[]]{1234567890}", "invalid repeat count (more than 1000)"),
+    ("[]a]{1234567890}", "invalid repeat count (more than 1000)"),
+    ("[^]]{1234567890}", "invalid repeat count (more than 1000)"),
+    ("[^]a]{1234567890}", "invalid repeat count (more than 1000)"),
+    ("[^x]{1234567890}", "invalid repeat count (more than 1000)"),
+    ("[^^]{1234567890}", "invalid repeat count (more than 1000)"),
+    ("[[]{1234567890}]", "invalid repeat count (more than 1000)"),
+    ("[[:alpha:]]{1234567890}", "invalid repeat count (more than 1000)"),
+    ("[[:^alpha:]]{1234567890}", "invalid repeat count (more than 1000)"),
+    ("[[:alpha:][:digit:]]{1234567890}", "invalid repeat count (more than 1000)"),
+    ("[[:alpha:]]{1234567890}[[:digit:]]", "invalid repeat count (more than 1000)"),
+    ("[[:x]{1234567890}", "invalid repeat count (more than 1000)"),
+    (":][[:x]{1234567890}", "invalid repeat count (more than 1000)"),
+    (r"[\\]{1234567890}", "invalid repeat count (more than 1000)"),
+    (r"[\x{5d}]{1234567890}", "invalid repeat count (more than 1000)"),
+    (r"[\p{Greek}]{1234567890}", "invalid repeat count (more than 1000)"),
+    (r"\[{1234567890}]", "invalid repeat count (more than 1000)"),
+    ("[{1234567890}]", None),
+    ("x[{1234567890}]", None),
+    ("[]{1234567890}]", None),
+    ("[^]{1234567890}]", None),
+    ("[[:alpha:]{1234567890}]", None),
+    (r"[\]{1234567890}]", None),
+    ("[[::]{1234567890}]", "invalid character class range: [::]"),
+    # escapes: \Q...\E is literal text; \p{...}, \P{...} and \x{...} take a braced argument
+    (r"\Q{1234567890}\E", None),
+    (r"\Q{1234567890}", None),
+    (r"\\E\Q{1234567890}", None),
+    (r"\Qa\E{1234567890}", "invalid repeat count (more than 1000)"),
+    (r"\Q\E{1234567890}", "invalid repeat count (more than 1000)"),
+    (r"\Qa\E{1234567890}\Qb\E", "invalid repeat count (more than 1000)"),
+    (r"\x7b1234567890}", None),
+    (r"\x61{1234567890}", "invalid repeat count (more than 1000)"),
+    (r"\x{61}{1234567890}", "invalid repeat count (more than 1000)"),
+    (r"\pL{1234567890}", "invalid repeat count (more than 1000)"),
+    (r"\pN{1234567890}", "invalid repeat count (more than 1000)"),
+    (r"\p{L}{1234567890}", "invalid repeat count (more than 1000)"),
+    (r"\P{L}{1234567890}", "invalid repeat count (more than 1000)"),
+    (r"}\p{L}{1234567890}", "invalid repeat count (more than 1000)"),
+    (r"\p{1234567890}", "invalid character class range: "),
+    (r"\P{1234567890}", "invalid character class range: "),
+    (r"a\p{1234567890", "invalid character class range: "),
+    (r"\x{1234567890}", "invalid escape sequence: "),
+    # \C: RE2's any-byte class, which Go's regexp does not have
+    (r"\C", r"invalid escape sequence: \C (Go's regexp has no any-byte class)"),
+    (r"a\C", r"invalid escape sequence: \C (Go's regexp has no any-byte class)"),
+    (r"[\C]", r"invalid escape sequence: \C (Go's regexp has no any-byte class)"),
+]
+
+
+@pytest.mark.parametrize(("pattern", "refusal"), GO_PATTERNS)
+def test_patterns_are_refused_where_gos_regexp_refuses_them(
+    pattern: str, refusal: str | None
+) -> None:
+    text = render(Match(("v",), "matches", Value("string", pattern)))
+    if refusal is None:
+        assert evaluate(parse(text), {"v": ""}) is False
+        return
+    with pytest.raises(FilterSyntaxError) as caught:
+        parse(text)
+    assert caught.value.message.startswith("invalid regular expression: ")
+    assert refusal in caught.value.message
+    assert caught.value.pattern == pattern
+
+
+def test_refused_patterns_print_nothing_on_stderr(capfd: pytest.CaptureFixture[str]) -> None:
+    """RE2 would log each refused pattern; the refusal is the filter's error, nothing else."""
+    with pytest.raises(FilterSyntaxError):
+        parse(r"v matches `\p{Klingon}`")
+    assert capfd.readouterr().err == ""
 
 
 @pytest.mark.parametrize("length", [30, 100_000])

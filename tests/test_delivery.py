@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import ssl
 import threading
 import time
@@ -12,6 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import base_args, run_handler, write
+from faults import NatsProxy, override_info
 from nats_auth import (
     jwt_auth,
     make_tls_files,
@@ -19,15 +23,22 @@ from nats_auth import (
     nkey_server_config,
 )
 
+from exit_handler.delivery import NatsAuth, NatsSettings
 from exit_handler.testing import (
     NatsServer,
     Subscriber,
+    add_stream,
     eventbus_client_auth,
     free_port,
     jetstream_client_auth,
 )
 
 SUBJECT = "events"
+# The one line an operator reads when the server rejects what the handler was given.
+REFUSED_CREDENTIALS = (
+    "exit-handler: ERROR: NATS refused the credentials: nats: 'Authorization Violation'; "
+    "check the token, user/password, creds or NKey the handler was given"
+)
 
 
 def publish_through(
@@ -83,7 +94,7 @@ def test_wrong_token_is_refused_in_seconds(token_server: NatsServer, tmp_path: P
     elapsed = time.monotonic() - started
     assert result.status == 4, result.stderr
     assert elapsed < 2, "a refusal is answered at once, not after a retry loop"
-    assert "NATS refused the credentials" in result.stderr
+    assert REFUSED_CREDENTIALS in result.stderr.splitlines()
     assert "wrong-token" not in result.stderr
     # The event is logged for replay, and never the secret.
     replay = [line for line in result.stderr.splitlines() if "unpublished event" in line]
@@ -109,7 +120,18 @@ def test_wrong_password_from_the_environment_is_refused(password_server: NatsSer
         env={"EXIT_HANDLER_NATS_PASSWORD": "not-it"},
     )
     assert result.status == 4
+    assert REFUSED_CREDENTIALS in result.stderr.splitlines()
     assert "not-it" not in result.stderr
+
+
+def test_settings_never_show_a_secret_through_repr() -> None:
+    """Settings can reach a log or a traceback through repr(): the credentials stay hidden."""
+    auth = NatsAuth(token="s3cr3t-t0ken", user="alice", password="pa55-w0rd")
+    settings = NatsSettings(servers=("nats://127.0.0.1:4222",), subject=SUBJECT, auth=auth)
+    assert repr(auth) == "NatsAuth(<redacted>)"
+    assert "auth=NatsAuth(<redacted>)" in repr(settings)
+    assert "s3cr3t-t0ken" not in repr(settings)
+    assert "pa55-w0rd" not in repr(settings)
 
 
 @pytest.mark.parametrize(
@@ -176,6 +198,48 @@ def test_publish_permission_denied_is_refused(tmp_path: Path) -> None:
     assert all(f"NATS refused to publish to '{SUBJECT}'" in log for _, log, _ in outcomes)
 
 
+@pytest.fixture(scope="module")
+def denying_server() -> Iterator[NatsServer]:
+    """alice may not publish under `events.`; a stream covers `events.js`."""
+    users = (
+        'authorization { users: [{ user: alice, password: "pa55-w0rd", '
+        'permissions: { publish: { deny: ["events.>"] } } }, { user: admin, password: admin }] }'
+    )
+    with NatsServer(config_extra=users) as server:
+        add_stream(server.url.replace("nats://", "nats://admin:admin@"), "EVENTS", "events.js")
+        yield server
+
+
+@pytest.mark.parametrize(
+    ("subject", "refusal"),
+    [
+        ("events.core", "NATS refused to publish to {subject!r}: {violation}; {core}"),
+        ("events.js", "NATS refused a JetStream request: {violation}; {jetstream}"),
+        ("events." + "x" * 190, "NATS refused to publish to {subject!r}: {violation}; {core}"),
+    ],
+    ids=["core", "jetstream", "long-subject"],
+)
+def test_a_denied_publish_names_the_subject_and_the_missing_permission(
+    denying_server: NatsServer, subject: str, refusal: str
+) -> None:
+    """The server's words come first, cut to 200 characters, then what to grant."""
+    result = run_handler(
+        *base_args(subject, denying_server.url),
+        "--nats-user=alice",
+        "--timeout=30",
+        env={"EXIT_HANDLER_NATS_PASSWORD": "pa55-w0rd"},
+    )
+    violation = f'nats: permissions violation for publish to "{subject}"'[:200]
+    expected = refusal.format(
+        subject=subject,
+        violation=violation,
+        core="grant the user publish permission on the subject",
+        jetstream=f"grant the user publish permission on {subject!r} and subscribe on _INBOX.>",
+    )
+    assert result.status == 4, result.stderr
+    assert f"exit-handler: ERROR: {expected}" in result.stderr.splitlines()
+
+
 @pytest.mark.parametrize("verify_clients", [False, True])
 def test_tls_with_a_private_ca(tmp_path: Path, verify_clients: bool) -> None:
     files = make_tls_files(tmp_path)
@@ -196,13 +260,54 @@ def test_tls_with_a_private_ca(tmp_path: Path, verify_clients: bool) -> None:
                 f"--nats-tls-ca={files.ca}",
                 *(client if verify_clients else []),
             )
-            received = subscriber.wait_for(1)
-        refused = run_handler(*base_args(SUBJECT, server.url), "--timeout=30")
+            # A nats:// URL to a server that requires TLS: the TLS options still apply.
+            by_nats_url = run_handler(
+                *base_args(SUBJECT, server.url.replace("tls://", "nats://")),
+                f"--nats-tls-ca={files.ca}",
+                *(client if verify_clients else []),
+            )
+            received = subscriber.wait_for(2)
+        # Two names for the same server, neither of them verifiable without its CA.
+        servers = f"{server.url},{server.url.replace('127.0.0.1', 'localhost')}"
+        refused = run_handler(*base_args(SUBJECT, servers), "--timeout=30")
     assert ok.status == 0, ok.stderr
-    assert len(received) == 1
+    assert by_nats_url.status == 0, by_nats_url.stderr
+    assert len(received) == 2
     assert refused.status == 4
-    assert "TLS verification failed" in refused.stderr
-    assert "--nats-tls-ca" in refused.stderr
+    assert (
+        f"exit-handler: ERROR: NATS {servers.replace(',', ', ')}: TLS verification failed "
+        "(unable to get local issuer certificate); pass the server's CA with --nats-tls-ca"
+    ) in refused.stderr.splitlines()
+
+
+@pytest.mark.parametrize(("version", "headers"), [("2.1.9", False), ("2.2.0", True)])
+def test_a_server_before_nats_2_2_gets_the_payload_without_headers(
+    version: str, headers: bool
+) -> None:
+    with (
+        NatsServer(jetstream=False) as server,
+        NatsProxy(server.url, rewrite_info=override_info(headers=headers, version=version)) as old,
+        Subscriber(server.url, SUBJECT) as subscriber,
+    ):
+        result = run_handler(*base_args(SUBJECT, old.url))
+        received = subscriber.wait_for(1)
+    warnings = [
+        line
+        for line in result.stderr.splitlines()
+        if line.startswith("exit-handler: WARNING: NATS server ")
+        and line.endswith(
+            " predates headers (2.2): publishing the payload without CloudEvent attributes"
+        )
+        and version in line
+    ]
+    assert result.status == 0, result.stderr
+    assert len(warnings) == (0 if headers else 1), result.stderr
+    assert len(received) == 1
+    assert json.loads(received[0].data)["status"] == "succeeded"
+    if headers:
+        assert received[0].headers["ce-type"] == "org.kubeflow.pipelines.run-completion"
+    else:
+        assert received[0].headers == {}
 
 
 def test_nats_never_up_exits_3_at_the_deadline() -> None:
@@ -212,6 +317,60 @@ def test_nats_never_up_exits_3_at_the_deadline() -> None:
     assert result.status == 3, result.stderr
     assert 3 <= elapsed < 6
     assert "did not confirm the event before the deadline (3 s" in result.stderr
+    assert "last error: cannot connect: nats: no servers available for connection)" in (
+        result.stderr
+    )
+    assert "unpublished event" in result.stderr
+
+
+def deadline_line(servers: str, seconds: str, last_error: str) -> str:
+    return (
+        f"exit-handler: ERROR: NATS {servers} did not confirm the event before the deadline "
+        f"({seconds} s; last error: {last_error})"
+    )
+
+
+def test_a_port_that_hangs_up_at_once_is_an_outage_not_a_refusal() -> None:
+    """A balancer whose NATS is down accepts and closes: retried with backoff, exit 3."""
+    hung_up = "nats: empty response from server when expecting INFO message"
+    nowhere = f"nats://127.0.0.1:{free_port()}"
+    with NatsProxy(nowhere) as first, NatsProxy(nowhere) as second:
+        servers = [first.url, second.url]
+        result = run_handler(*base_args(SUBJECT, ",".join(servers)), "--timeout=1")
+    lines = result.stderr.splitlines()
+    retries = [line for line in lines if "NATS attempt failed" in line]
+    assert result.status == 3, result.stderr
+    assert deadline_line(", ".join(servers), "1", hung_up) in lines
+    assert retries
+    for line in retries:
+        assert re.fullmatch(
+            rf"exit-handler: INFO: NATS attempt failed \({hung_up}\); retrying in \d\.\d s", line
+        ), line
+
+
+def test_a_server_that_never_greets_is_retried_after_each_attempts_timeout() -> None:
+    """A frozen server accepts the TCP connection but never sends INFO: exit 3, not a hang."""
+    with NatsServer(jetstream=False) as server:
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            result = run_handler(*base_args(SUBJECT, server.url), "--timeout=6")
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+    lines = result.stderr.splitlines()
+    assert result.status == 3, result.stderr
+    # One attempt waits 5 s for the greeting; the next one runs into the 6 s deadline.
+    assert result.stderr.count("NATS attempt failed") == 1, result.stderr
+    assert (
+        "exit-handler: INFO: NATS attempt failed (cannot connect: TimeoutError); retrying in"
+        in result.stderr
+    )
+    assert deadline_line(server.url, "6", "cannot connect: TimeoutError") in lines
+
+
+def test_a_deadline_spent_before_delivery_says_it_timed_out(nats_server: NatsServer) -> None:
+    result = run_handler(*base_args(SUBJECT, nats_server.url), "--timeout=0.001")
+    assert result.status == 3, result.stderr
+    assert deadline_line(nats_server.url, "0.001", "timed out") in result.stderr.splitlines()
     assert "unpublished event" in result.stderr
 
 

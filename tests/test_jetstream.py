@@ -9,7 +9,9 @@ demand: a stream lookup whose answer never arrives.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -116,6 +118,36 @@ def publish_to_stream(url: str, subject: str) -> None:
     asyncio.run(publish())
 
 
+@contextlib.contextmanager
+def answering(url: str, subject: str, answer: dict[str, Any]) -> Iterator[None]:
+    """A responder on `subject` that gives every request `answer`, in a thread of its own."""
+    ready, stop = threading.Event(), threading.Event()
+
+    async def serve() -> None:
+        nc = await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=1)
+        try:
+
+            async def respond(message: Any) -> None:
+                await message.respond(json.dumps(answer).encode())
+
+            await nc.subscribe(subject, cb=respond)
+            await nc.flush()
+            ready.set()
+            while not stop.is_set():
+                await asyncio.sleep(0.01)
+        finally:
+            await nc.close()
+
+    thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(5), "the responder never subscribed"
+        yield
+    finally:
+        stop.set()
+        thread.join(5)
+
+
 def last_line(stderr: str) -> str:
     return [line for line in stderr.splitlines() if "unpublished event" not in line][-1]
 
@@ -206,12 +238,17 @@ def test_an_unanswered_stream_lookup_is_retried_never_published_core(
     assert "JetStream did not answer within" in line
 
 
-def test_a_user_denied_the_jetstream_api_is_refused_not_published_core(subject: str) -> None:
+@pytest.mark.parametrize(("domain", "api"), [(None, "$JS.API"), ("hub", "$JS.hub.API")])
+def test_a_user_denied_the_jetstream_api_is_refused_not_published_core(
+    subject: str, domain: str | None, api: str
+) -> None:
     users = (
         'authorization { users: [{ user: alice, password: "pa55-w0rd", '
-        'permissions: { publish: { deny: ["$JS.API.>"] } } }] }'
+        'permissions: { publish: { deny: ["$JS.API.>", "$JS.*.API.>"] } } }] }'
     )
     env = {"EXIT_HANDLER_NATS_PASSWORD": "pa55-w0rd"}
+    if domain is not None:
+        env["EXIT_HANDLER_JETSTREAM_DOMAIN"] = domain
     with (
         NatsServer(config_extra=users) as server,
         Subscriber(server.url, subject, user="alice", password="pa55-w0rd") as subscriber,
@@ -223,10 +260,12 @@ def test_a_user_denied_the_jetstream_api_is_refused_not_published_core(subject: 
         received = subscriber.wait_for(1)
     assert denied.status == 4, denied.stderr
     assert nothing == []
-    line = last_line(denied.stderr)
-    assert "NATS refused a JetStream request" in line
-    assert "$JS.API.>" in line
-    assert "--delivery core" in line
+    assert last_line(denied.stderr) == (
+        "exit-handler: ERROR: NATS refused a JetStream request: nats: permissions violation "
+        f'for publish to "{api.lower()}.stream.names"; '
+        f"grant the user publish permission on {api}.> and subscribe on _INBOX.>, "
+        "or use --delivery core if no stream is meant to keep the event"
+    )
     assert "unpublished event" in denied.stderr
     assert core.status == 0, core.stderr
     assert len(received) == 1
@@ -254,7 +293,41 @@ def test_an_account_without_jetstream_publishes_core_unless_jetstream_is_asked(
     assert "core delivery" in auto.stderr
     assert len(received) == 1
     assert forced.status == 2, forced.stderr
-    assert "JetStream is not enabled for this account" in forced.stderr
+    assert (
+        "--delivery jetstream: JetStream is not enabled for this account; "
+        "enable JetStream for it, or use --delivery auto"
+    ) in forced.stderr
+
+
+def test_jetstream_delivery_says_why_no_stream_can_keep_the_event(
+    nats_server: NatsServer, subject: str
+) -> None:
+    with NatsServer(jetstream=False) as plain:
+        no_jetstream = run_handler(*base_args(subject, plain.url), "--delivery=jetstream")
+    no_stream = run_handler(*base_args(subject, nats_server.url), "--delivery=jetstream")
+    assert (no_jetstream.status, no_stream.status) == (2, 2)
+    assert (
+        "--delivery jetstream: the server has no JetStream; enable JetStream for it, "
+        "or use --delivery auto"
+    ) in no_jetstream.stderr
+    assert (
+        f"--delivery jetstream: no JetStream stream covers subject '{subject}'; create one, "
+        "or use --delivery auto"
+    ) in no_stream.stderr
+
+
+def test_a_lost_ack_is_retried_once_the_attempt_times_out(
+    nats_server: NatsServer, subject: str
+) -> None:
+    """Each attempt waits 5 s for its ack, then publishes again with the same id."""
+    stream = "ACK" + subject.replace(".", "_").upper()
+    create_stream(nats_server.url, StreamConfig(name=stream, subjects=[subject]))
+    with NatsProxy(nats_server.url) as proxy:
+        proxy.swallow(b'"seq"', 1)  # the first ack never arrives
+        result = run_handler(*base_args(subject, proxy.url), "--timeout=8")
+    assert result.status == 0, result.stderr
+    assert "exit-handler: INFO: NATS attempt failed (nats: timeout); retrying in " in result.stderr
+    assert f"stream {stream} seq 1) (duplicate: already stored)" in result.stderr
 
 
 def test_a_full_stream_that_discards_new_events_is_retried_then_exit_3(
@@ -289,6 +362,78 @@ def test_an_event_above_the_streams_max_msg_size_is_bad_input(
     assert "message size exceeds maximum allowed (JetStream error 10054)" in line
     assert "raise the stream's max_msg_size" in line
     assert "retrying" not in result.stderr
+
+
+def test_a_jetstream_error_this_version_does_not_know_is_retried_then_exit_3(
+    nats_server: NatsServer, subject: str
+) -> None:
+    """A counter stream refuses a plain message with a code newer than the table: retried."""
+    stream = "COUNTER" + subject.replace(".", "_").upper()
+    create_stream(
+        nats_server.url, StreamConfig(name=stream, subjects=[subject], allow_msg_counter=True)
+    )
+    result = run_handler(*base_args(subject, nats_server.url), "--timeout=1")
+    assert result.status == 3, result.stderr
+    assert (
+        f"exit-handler: INFO: NATS attempt failed (JetStream stream '{stream}': message counter "
+        "increment is missing (JetStream error 10169); an error this version does not know; "
+        "retrying); retrying in "
+    ) in result.stderr
+    assert "before the deadline (1 s" in last_line(result.stderr)
+    assert "unpublished event" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        ({"code": 500, "err_code": 10999}, "ServerError (JetStream error 10999)"),
+        # Servers before 2.3 answer without err_code: still retried, not taken for no JetStream.
+        ({"code": 503, "description": "unavailable"}, "unavailable (JetStream error None)"),
+    ],
+    ids=["no-description", "no-err-code"],
+)
+def test_a_jetstream_error_this_version_cannot_place_is_retried(
+    subject: str, error: dict[str, Any], said: str
+) -> None:
+    """An API answer with no description still tells the operator what kind of error it was."""
+    with NatsServer(jetstream=False) as server, answering(server.url, NAMES, {"error": error}):
+        result = run_handler(*base_args(subject, server.url), "--timeout=1")
+    assert result.status == 3, result.stderr
+    assert (
+        f"exit-handler: INFO: NATS attempt failed (JetStream stream lookup for subject "
+        f"'{subject}': {said}; an error this version does not know; retrying); retrying in "
+    ) in result.stderr
+
+
+def test_a_jetstream_publish_expects_the_stream_it_found(
+    nats_server: NatsServer, subject: str
+) -> None:
+    """`Nats-Expected-Stream`: no other stream may take the event instead (docs/events.md)."""
+    stream = "EXPECTED" + subject.replace(".", "_").upper()
+    create_stream(nats_server.url, StreamConfig(name=stream, subjects=[subject]))
+    with Subscriber(nats_server.url, subject) as subscriber:
+        result = run_handler(*base_args(subject, nats_server.url))
+        received = subscriber.wait_for(1)
+    assert result.status == 0, result.stderr
+    assert f"jetstream delivery, stream {stream} seq 1" in result.stderr
+    assert received[0].headers["Nats-Expected-Stream"] == stream
+
+
+def test_a_stream_that_does_not_answer_the_publish_is_retried_never_published_core(
+    subject: str,
+) -> None:
+    """The lookup names a stream that nothing serves by the publish: no one would keep it."""
+    names = {"type": "io.nats.jetstream.api.v1.stream_names_response", "streams": ["GONE"]}
+    with (
+        NatsServer(jetstream=False) as server,
+        answering(server.url, NAMES, names),
+    ):
+        result = run_handler(*base_args(subject, server.url), "--timeout=1")
+    assert result.status == 3, result.stderr
+    assert (
+        "exit-handler: INFO: NATS attempt failed (stream 'GONE' did not answer); retrying in "
+    ) in result.stderr
+    assert "core delivery" not in result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -339,9 +484,10 @@ def test_a_jetstream_domain_nobody_serves_is_retried_then_exit_3(
     assert result.status == 3, result.stderr
     assert 3 <= elapsed < 6
     assert received == []
-    line = last_line(result.stderr)
-    assert "no JetStream answered in domain 'nowhere'" in line
-    assert "--jetstream-domain" in line
+    assert last_line(result.stderr).endswith(
+        "last error: no JetStream answered in domain 'nowhere'; check --jetstream-domain "
+        "and the leafnode link to that domain)"
+    )
 
 
 @pytest.mark.parametrize("domain", ["hub.eu", "two words", "hub>", "*"])

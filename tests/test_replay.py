@@ -22,9 +22,10 @@ DOWN = f"nats://127.0.0.1:{free_port()}"  # nothing listens: every attempt is re
 
 
 def unpublished(subject: str, *extra: str) -> Result:
-    """publish against a NATS that is down: exit 3, the event in the log."""
-    result = run_handler(*base_args(subject, DOWN), "--timeout=1", *extra)
+    """publish against a NATS that is down: exit 3 at the deadline, the event in the log."""
+    result = run_handler(*base_args(subject, DOWN), "--timeout=0.5", *extra)
     assert result.status == 3, result.stderr
+    assert "did not confirm the event before the deadline (0.5 s;" in result.stderr
     return result
 
 
@@ -116,6 +117,41 @@ def test_bad_input_exits_2_and_publishes_nothing(
     assert says in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert received == []
+
+
+@pytest.mark.parametrize(
+    ("options", "line"),
+    [
+        (
+            ["--timeout=0", "--nats-url=http://h:1", "--delivery=pigeon"],
+            "--nats-url: 'http://h:1' is not a nats://host:port or tls://host:port URL; "
+            "--delivery: 'pigeon' is not one of auto, core, jetstream; "
+            "--timeout: '0' is outside 0.001..3600 seconds",
+        ),
+        (
+            ["--nats-tls-cert=/etc/hostname"],
+            "--nats-tls-cert and --nats-tls-key: give both or neither",
+        ),
+    ],
+)
+def test_bad_delivery_options_are_all_named_in_one_line(
+    subject: str, options: list[str], line: str
+) -> None:
+    """The options are checked before the log is read: nothing of it is echoed."""
+    result = replay(unpublished(subject).stderr, *options)
+    assert result.status == 2
+    assert result.stderr == f"exit-handler: ERROR: bad input: {line}\n"
+
+
+def test_a_sub_second_timeout_is_enough_for_a_nats_that_is_up(
+    nats_server: NatsServer, subject: str
+) -> None:
+    lost = unpublished(subject)
+    with Subscriber(nats_server.url, subject) as subscriber:
+        result = replay(lost.stderr, f"--nats-url={nats_server.url}", "--timeout=0.5")
+        received = subscriber.wait_for(1)
+    assert result.status == 0, result.stderr
+    assert len(received) == 1
 
 
 def test_nats_still_down_exits_3_at_the_deadline(subject: str) -> None:

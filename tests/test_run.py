@@ -172,6 +172,29 @@ def test_what_strconv_unquote_refuses_is_refused(literal: str) -> None:
         go_unquote(literal)
 
 
+@pytest.mark.parametrize(
+    ("literal", "reason"),
+    [
+        ('"\\ud800"', "\\ud800 is no Unicode character"),
+        ('"\\udfff"', "\\udfff is no Unicode character"),
+        ('"\\U00110000"', "\\U00110000 is no Unicode character"),
+        ('"\\400"', "octal escape \\400 is above 255"),
+        ("x", "not a quoted string"),
+        ('"a"b', 'invalid Go string literal at character 2: "\\"b"'),
+        ('"a\ud800"', "not valid Unicode"),
+        ('"a"\f', 'invalid Go string literal at character 2: "\\"\\f"'),
+    ],
+)
+def test_a_refused_literal_is_reported_with_the_escape_at_fault(literal: str, reason: str) -> None:
+    message = f"not the JSON that {{{{workflow.failures}}}} gives ({reason})"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        go_unquote(literal)
+
+
+def test_json_whitespace_may_follow_the_closing_quote() -> None:
+    assert go_unquote('"a" \t\r\n') == ("a", False)
+
+
 def test_workflow_failures_with_escapes_json_does_not_know() -> None:
     """A DEL or a character newer than Argo's Go in a message once lost the event (exit 2)."""
     assert decode_failures(WORKFLOW_FAILURES) == (WORKFLOW_ENTRIES, False)
@@ -283,6 +306,13 @@ def test_timestamps_are_rfc3339_with_an_offset() -> None:
     for bad in ("2026-11-26", "2026-11-26T10:00:00", "2026-13-01T00:00:00Z", "{{x}}"):
         with pytest.raises(ValueError, match=r"RFC 3339|valid|unresolved"):
             parse_timestamp(bad)
+
+
+def test_an_unresolved_argo_variable_is_named_as_such() -> None:
+    """A template that forgot to substitute the timestamp is told so, not "bad format"."""
+    message = '"{{workflow.creationTimestamp}}" is an unresolved Argo variable'
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        parse_timestamp("{{workflow.creationTimestamp}}")
 
 
 def test_other_exit_templates_can_be_named() -> None:
