@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import selectable
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -133,7 +134,11 @@ MALFORMED_PATHS = [
 ]
 
 
-@pytest.mark.parametrize(("path", "fragment", "column"), MALFORMED_PATHS)
+@pytest.mark.parametrize(
+    ("path", "fragment", "column"),
+    MALFORMED_PATHS,
+    ids=selectable([p for p, _, _ in MALFORMED_PATHS]),
+)
 def test_malformed_paths_report_what_and_where(path: str, fragment: str, column: int) -> None:
     with pytest.raises(DefinitionError) as caught:
         parse_definition("m", path, number=3)
