@@ -168,10 +168,13 @@ async def _attempt(
     try:
         message = prepare(nc.max_payload)
         if not _supports_headers(nc):
+            version = nc.connected_server_version
             log.warning(
-                "NATS server %s predates headers (2.2): publishing the payload without "
+                "NATS server %d.%d.%d predates headers (2.2): publishing the payload without "
                 "CloudEvent attributes",
-                nc.connected_server_version,
+                version.major,
+                version.minor,
+                version.patch,
             )
             message = Message(message.subject, {}, message.payload)
             return await _publish_core(nc, message, deadline, errors)

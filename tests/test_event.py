@@ -19,7 +19,7 @@ from conftest import run_handler
 from exit_handler.errors import BadInput
 from exit_handler.event import Artifact, build_event, event_data, event_id
 from exit_handler.run import Failure, Run
-from exit_handler.wire import Message, encode, fit, percent_encode
+from exit_handler.wire import Message, encode, fit, json_bytes, percent_encode
 
 OBSERVED = datetime(2026, 11, 26, 10, 42, 13, tzinfo=UTC)
 RUN = Run(
@@ -72,6 +72,34 @@ def test_data_keeps_the_seed_keys_first_and_omits_unknown_extras() -> None:
     assert None not in payload.values()
     assert payload["runStartTime"] == "2026-11-26T10:00:00Z"
     assert payload["runEndTime"] == "2026-11-26T10:42:13Z"
+
+
+def test_data_carries_every_known_extra_under_its_documented_key() -> None:
+    run = replace(
+        RUN,
+        run_id="run-1",
+        run_name="penguin-nightly",
+        run_configuration_name="penguin-daily",
+        output_parameters={"accuracy": "0.93"},
+    )
+    payload = data(run, overlapping=["Trainer", "Pusher"])
+    assert payload == {
+        "provider": "kfp",
+        "status": "failed",
+        "pipelineName": "penguin-pipeline",
+        "servingModelArtifacts": [],
+        "artifacts": [],
+        "runId": "run-1",
+        "runName": "penguin-nightly",
+        "runConfigurationName": "penguin-daily",
+        "workflowName": "penguin-pipeline-x7k2p",
+        "namespace": "kubeflow",
+        "runStartTime": "2026-11-26T10:00:00Z",
+        "runEndTime": "2026-11-26T10:42:13Z",
+        "failures": [RUN.failures[0].to_data()],
+        "outputParameters": {"accuracy": "0.93"},
+        "overlappingComponents": ["Pusher", "Trainer"],
+    }
 
 
 def test_failures_only_for_failed_runs_first_twenty_messages_cut() -> None:
@@ -127,6 +155,10 @@ def test_header_values_are_percent_encoded_as_the_binding_requires() -> None:
     assert percent_encode('a b"%ü') == "a%20b%22%25%C3%BC"
     assert percent_encode("plain-text:/?") == "plain-text:/?"
     assert unquote(percent_encode("pipeline ünïcode \n")) == "pipeline ünïcode \n"
+    # The printable ASCII range is kept whole, its ends included; only '"' and '%' escape.
+    printable = "".join(map(chr, range(0x21, 0x7F)))
+    assert percent_encode(printable) == printable.replace("%", "%25").replace('"', "%22")
+    assert percent_encode("\x20\x7f") == "%20%7F"
 
 
 def test_fit_drops_failures_until_the_message_fits() -> None:
@@ -212,6 +244,11 @@ def test_size_counts_the_header_block_as_the_server_does() -> None:
     """`NATS/1.0␍␊`, each `key: value␍␊`, a blank line, then the payload: what HPUB sends."""
     message = Message("events", {"ce-id": "1", "Nats-Msg-Id": "1"}, b"{}")
     assert message.size() == len(b"NATS/1.0\r\nce-id: 1\r\nNats-Msg-Id: 1\r\n\r\n{}")
+
+
+def test_the_payload_is_never_json_that_json_forbids() -> None:
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        json_bytes({"accuracy": float("nan")})
 
 
 def test_the_payload_is_compact_utf8_json() -> None:

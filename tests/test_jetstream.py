@@ -25,6 +25,7 @@ from nats.js.api import DiscardPolicy, StreamConfig
 from nats.js.errors import APIError
 from test_reliability import in_background, wait_until
 
+from exit_handler.deadline import Deadline
 from exit_handler.testing import NatsServer, Subscriber, free_port, stream_messages
 
 NAMES = "$JS.API.STREAM.NAMES"
@@ -236,6 +237,28 @@ def test_an_unanswered_stream_lookup_is_retried_never_published_core(
     assert "before the deadline (8 s" in line
     assert f"JetStream stream lookup for subject '{subject}'" in line
     assert "JetStream did not answer within" in line
+
+
+def test_an_attempt_begun_as_the_deadline_ends_keeps_the_earlier_error(
+    nats_server: NatsServer, subject: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worst jitter sleeps until 50 ms before the deadline; the attempt begun then is
+    cut short, which must not hide why the first attempt failed."""
+
+    def sleep_almost_to_the_end(deadline: Deadline) -> Iterator[float]:
+        while deadline.remaining() > 0.05:
+            yield deadline.remaining() - 0.05
+
+    monkeypatch.setattr("exit_handler.delivery.backoff", sleep_almost_to_the_end)
+    with NatsProxy(nats_server.url) as proxy:
+        proxy.swallow(b'"streams"', 1000)
+        result = run_handler(*base_args(subject, proxy.url), "--timeout=6")
+        attempts = proxy.connections
+    assert result.status == 3, result.stderr
+    assert attempts == 2
+    assert last_line(result.stderr).endswith(
+        f"JetStream stream lookup for subject '{subject}': JetStream did not answer within 5.0 s)"
+    ), result.stderr
 
 
 @pytest.mark.parametrize(("domain", "api"), [(None, "$JS.API"), ("hub", "$JS.hub.API")])
