@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from conftest import base_args, run_handler, run_starts_now
 
+from exit_handler.artifact_definitions import parse_definition
+from exit_handler.artifacts import resolve
+from exit_handler.deadline import Deadline
+from exit_handler.event import Artifact
+from exit_handler.pipeline_root import PipelineRoot, RootLister, Window
+from exit_handler.run import parse_timestamp
 from exit_handler.testing import FakeGcsServer, NatsServer, Subscriber
 
 ROOT = "penguin-pipeline"
@@ -180,7 +188,38 @@ def test_definitions_from_the_environment_without_a_root_match_nothing(
     result = run_handler(*base_args("events", nats_server.url), "--dry-run", env=env)
     assert result.status == 0, result.stderr
     assert json.loads(str(result.dry_run["payload"]))["artifacts"] == []
-    assert "1 artifact definitions match nothing" in result.stderr
+    assert "INFO: no --pipeline-root: 1 artifact definitions match nothing\n" in result.stderr
+
+
+def test_an_overlapping_component_resolves_to_nothing_and_the_rest_still_resolve(
+    gcs: FakeGcsServer,
+    seeded: tuple[str, str, dict[str, str]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two Trainer executions in the seconds its one pod ran: another run's is among them."""
+    bucket, created_at, locations = seeded
+    start, end = parse_timestamp(created_at), datetime.now(UTC) + timedelta(minutes=1)
+    lister = RootLister(
+        PipelineRoot.parse(f"gs://{bucket}/{ROOT}"),
+        window_start=start,
+        window_end=end,
+        deadline=Deadline(30),
+        component_windows={"Trainer": Window(start, end, 1)},
+    )
+    definitions = [
+        parse_definition("models", "Trainer:model"),
+        parse_definition("serving-model", "Pusher:pushed_model"),
+    ]
+    assert resolve(definitions, lister) == [Artifact("serving-model", locations["pusher41"])]
+    assert lister.overlapping == {"Trainer"}
+    assert [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "exit_handler.artifacts" and r.levelno == logging.WARNING
+    ] == [
+        "artifact definition 'models' (Trainer:model) resolves to nothing: another run's "
+        "Trainer ran in the same seconds and its executions cannot be told from this run's"
+    ]
 
 
 # (definitions text, what the one error line must say, pointing at the fault)

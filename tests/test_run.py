@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from datetime import UTC, datetime
 
 import pytest
 from conftest import run_handler
 
 from exit_handler.errors import InvalidFields
-from exit_handler.event import event_id
+from exit_handler.event import event_id, rfc3339
 from exit_handler.run import (
     OUR_STEP,
     WRAPPER,
@@ -306,6 +307,18 @@ def test_timestamps_are_rfc3339_with_an_offset() -> None:
     for bad in ("2026-11-26", "2026-11-26T10:00:00", "2026-13-01T00:00:00Z", "{{x}}"):
         with pytest.raises(ValueError, match=r"RFC 3339|valid|unresolved"):
             parse_timestamp(bad)
+
+
+def test_timestamps_are_utc_whatever_the_pods_time_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The event prints UTC wall-clock time with `Z`: a pod with `TZ` set must not shift it."""
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    try:
+        parsed = parse_timestamp("2026-11-26T12:00:00+02:00")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert rfc3339(parsed) == "2026-11-26T10:00:00Z"
 
 
 def test_an_unresolved_argo_variable_is_named_as_such() -> None:
