@@ -30,6 +30,11 @@ CASES: list[tuple[str, dict[str, str], str]] = [
     ("failures not a list", {"--failures": '"{\\"a\\": 1}"'}, "--failures: expected a JSON list"),
     ("failure entry not an object", {"--failures": "[1]"}, "--failures: entry 1 is not"),
     ("failure message not text", {"--failures": '[{"message": 5}]'}, "message is not a string"),
+    (
+        "failure message a lone surrogate",
+        {"--failures": '[{"message": "\\ud800"}]'},
+        "--failures: entry 1: message is not valid Unicode",
+    ),
     ("date without time", {"--created-at": "2026-11-26"}, "--created-at: "),
     ("time without offset", {"--created-at": "2026-11-26T10:00:00"}, "--created-at: "),
     ("impossible date", {"--created-at": "2026-02-30T10:00:00Z"}, "--created-at: "),

@@ -216,15 +216,17 @@ def test_a_cut_list_keeps_exactly_the_entries_that_arrived_whole() -> None:
         whole = sum(end <= limit for end in ends)
         assert decoded == (WORKFLOW_ENTRIES[:whole], limit < closed), limit
     # What follows the whole entries must be what a cut leaves of one.
-    for bad in (
-        '"[{\\"a\\":\\"b\\"},xyz',  # garbage between entries
-        '"[{\\"a\\":\\"b\\"}{',  # no comma
-        '"[{\\"a\\":1',  # a number: Go writes a failed node's values as strings or null
-        '"{\\"a\\":',  # not a list
-        '"[{\\"a\\":\\"\\\\q',  # a bad JSON escape
-        '"[' + "[" * 100_000,
+    for bad, reason in (
+        ('"[{\\"a\\":\\"b\\"},xyz', "entry 2: Expecting value"),  # garbage between entries
+        ('"[{\\"a\\":\\"b\\"}{', "expected ',' after entry 1"),
+        # A number: Go writes a failed node's values as strings or null.
+        ('"[{\\"a\\":1', "entry 1: Expecting ',' delimiter"),
+        ('"{\\"a\\":', "expected a list"),
+        ('"[{\\"a\\":\\"\\\\q', "entry 1: Invalid \\escape"),
+        ('"[' + "[" * 100_000, "nested too deeply"),
     ):
-        with pytest.raises(ValueError, match=r"workflow\.failures"):
+        message = f"not the JSON that {{{{workflow.failures}}}} gives ({reason})"
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
             decode_failures(bad)
 
 
