@@ -1405,9 +1405,7 @@ def _is_identifier(part: str) -> bool:
 
 
 def _is_pointer_text(text: str) -> bool:
-    """Would ``"text"`` parse as a JSON pointer ("/a/b") rather than a string?"""
-    if not text:
-        return False
+    """Would ``"text"``, which starts with '/', parse as a JSON pointer ("/a/b")?"""
     segments = text.split("/")
     return segments[0] == "" and all(
         segment and all(_is_pointer_char(c) for c in segment) for segment in segments[1:]
@@ -1645,8 +1643,9 @@ def _type_name(found: object) -> str:
 
 
 def _a(kind: str) -> str:
-    """A kind with its article, for errors: "an integer", "a string"."""
-    return f"an {kind}" if kind[:1] in ("a", "e", "i", "o", "u") else f"a {kind}"
+    """A kind with its article, for errors: "an integer", "a string", "a mapping"; no
+    other kind that `_type_name` gives starts with a vowel."""
+    return f"an {kind}" if kind == "integer" else f"a {kind}"
 
 
 def _lookup(selector: tuple[str, ...], properties: Mapping[str, object]) -> object:
