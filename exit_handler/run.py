@@ -263,17 +263,11 @@ def decode_failures(text: str | None) -> DecodedFailures:
     if len(text) > MAX_FAILURES_TEXT:
         raise ValueError(f"larger than {MAX_FAILURES_TEXT} bytes")
     try:
-        value: object = json.loads(text)
-        cut = False
-    except json.JSONDecodeError as err:
-        quoted = text.lstrip(_JSON_SPACE)
-        if not quoted.startswith('"'):
-            raise ValueError(_not_failures(err.msg)) from None
-        value, cut = go_unquote(quoted)
-    except RecursionError:
+        value, cut = _outer_layer(text)
+        if isinstance(value, str):
+            value, cut = _inner_list(value, cut)
+    except RecursionError:  # json's scanner on `[[[[…`, in either layer
         raise ValueError(_not_failures("nested too deeply")) from None
-    if isinstance(value, str):
-        value, cut = _inner_list(value, cut)
     if value is None:
         return DecodedFailures([], cut)
     if not isinstance(value, list):
@@ -323,6 +317,17 @@ def _go_escape(match: re.Match[str]) -> str:
     return chr(value) if value < 0x80 else chr(0xDC00 + value)
 
 
+def _outer_layer(text: str) -> tuple[object, bool]:
+    """Argo's quoting read as JSON, else as a Go string literal; and whether it was cut."""
+    try:
+        return json.loads(text), False
+    except json.JSONDecodeError as err:
+        quoted = text.lstrip(_JSON_SPACE)
+        if not quoted.startswith('"'):
+            raise ValueError(_not_failures(err.msg)) from None
+        return go_unquote(quoted)
+
+
 def _inner_list(text: str, cut: bool) -> tuple[object, bool]:
     """The JSON inside the quotes, or the entries that a cut left whole (and `cut`)."""
     if not text.strip(_JSON_SPACE):
@@ -332,8 +337,6 @@ def _inner_list(text: str, cut: bool) -> tuple[object, bool]:
     except json.JSONDecodeError as err:
         if not cut:
             raise ValueError(_not_failures(err.msg)) from None
-    except RecursionError:
-        raise ValueError(_not_failures("nested too deeply")) from None
     return _whole_entries(text), True
 
 
@@ -351,8 +354,6 @@ def _whole_entries(text: str) -> list[object]:
             if re.compile(_CUT_ENTRY).fullmatch(text, position):
                 break
             raise ValueError(_not_failures(f"entry {len(entries) + 1}: {err.msg}")) from None
-        except RecursionError:
-            raise ValueError(_not_failures("nested too deeply")) from None
         entries.append(entry)
         if text.startswith(",", position):
             position += 1

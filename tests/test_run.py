@@ -62,6 +62,7 @@ GO_LITERALS = [
         '"private \\ue000 \\U000f0000 zero-width \\u200b bom \\ufeff next-line \\u0085"',
         "private \ue000 \U000f0000 zero-width \u200b bom \ufeff next-line \x85",
     ),
+    ('"max \\U0010ffff, byte \\x80, del \\x7f"', "max \U0010ffff, byte \ufffd, del \x7f"),
 ]
 WORKFLOW_FAILURES = (
     '"[{\\"displayName\\":\\"Trainer\\",'
@@ -163,6 +164,12 @@ def test_go_string_literals_read_as_strconv_unquote_reads_them(quoted: str, valu
     assert go_unquote(quoted) == (value, False)
 
 
+def test_octal_escapes_read_as_bytes() -> None:
+    """strconv.Quote never writes them, but Unquote reads them: Go's own answer is
+    "A\\x7f\\x80\\xff", and encoding/json reads each byte that is not UTF-8 as U+FFFD."""
+    assert go_unquote('"\\101\\177\\200\\377"') == ("A\x7f\ufffd\ufffd", False)
+
+
 @pytest.mark.parametrize(
     "literal",
     ['"\\\'"', '"\\q"', '"\\400"', '"\\ud800"', '"\\U00110000"', '"\\x4g"', '"a\nb"', '"a"b'],
@@ -182,6 +189,10 @@ def test_what_strconv_unquote_refuses_is_refused(literal: str) -> None:
         ('"\\400"', "octal escape \\400 is above 255"),
         ("x", "not a quoted string"),
         ('"a"b', 'invalid Go string literal at character 2: "\\"b"'),
+        (
+            '"a"bcdefghijklmnopq',
+            'invalid Go string literal at character 2: "\\"bcdefghijkl"',
+        ),
         ('"a\ud800"', "not valid Unicode"),
         ('"a"\f', 'invalid Go string literal at character 2: "\\"\\f"'),
     ],
@@ -190,6 +201,22 @@ def test_a_refused_literal_is_reported_with_the_escape_at_fault(literal: str, re
     message = f"not the JSON that {{{{workflow.failures}}}} gives ({reason})"
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         go_unquote(literal)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ('"\\f"', "Expecting value"),  # JSON's whitespace has no form feed
+        ('"[] x"', "Extra data"),
+        ("[" * 100_000, "nested too deeply"),
+        ('"' + "[" * 100_000 + '"', "nested too deeply"),
+    ],
+    ids=["form-feed", "extra-data", "deep-outer", "deep-inner"],
+)
+def test_a_whole_list_that_is_not_json_is_refused_with_the_reason(text: str, reason: str) -> None:
+    message = f"not the JSON that {{{{workflow.failures}}}} gives ({reason})"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        decode_failures(text)
 
 
 def test_json_whitespace_may_follow_the_closing_quote() -> None:
