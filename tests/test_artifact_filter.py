@@ -403,6 +403,10 @@ EXACT_MESSAGES = [
         8,
     ),
     ("a is empty)", "unbalanced ')'", 11),
+    ("pushed == 1)", "unbalanced ')'", 12),
+    ("pushed 1", f"expected an operator ({OPERATORS}) after 'pushed' but found '1'", 8),
+    # A selector as a pattern is its text, here "a.(": refused where it stands.
+    ('version == 1 or uri matches a["("]', "invalid regular expression: missing ): a.(", 29),
     ("(a == 1 and)", "expected a blank after 'and' but found ')'", 12),
     ("(a == 1 )x", "expected a blank after ')' but found 'x'", 10),
     ("a is not", "expected 'empty' or 'nil' after 'is not' but found end of filter", 9),
