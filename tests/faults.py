@@ -619,6 +619,7 @@ class NatsProxy:
         *,
         rewrite_info: InfoRewriter | None = None,
         drop_acks: bool = False,
+        cut_after_error: bool = False,
         port: int = 0,
     ) -> None:
         parsed = urllib.parse.urlsplit(upstream_url)
@@ -627,6 +628,8 @@ class NatsProxy:
         self._upstream = (parsed.hostname, parsed.port)
         self.rewrite_info = rewrite_info
         self.drop_acks = drop_acks  # read on every message: tests may flip it mid-connection
+        # Relay a -ERR, then cut the connection: a server that fails right after refusing.
+        self.cut_after_error = cut_after_error
         self._port = port
         self._lock = threading.Lock()
         self._rules: list[_SwallowRule] = []
@@ -801,7 +804,7 @@ class NatsProxy:
 
     def _pump_down(self, link: _Link) -> None:
         buffer = bytearray()
-        state = {"first": True, "raw": False}
+        state = {"first": True, "raw": False, "cut": False}
         try:
             while data := link.upstream.recv(_RECV):
                 buffer += data
@@ -810,6 +813,8 @@ class NatsProxy:
                     link.client.sendall(out)
                     with self._lock:
                         self.bytes_down += len(out)
+                if state["cut"]:
+                    link.cut()
         except (OSError, _NatsProtocolError):
             pass
         finally:
@@ -852,6 +857,9 @@ class NatsProxy:
                 if state["first"] and op == b"INFO":
                     line, state["raw"] = self._rewrite(line)
                 out += line + b"\r\n"
+                if op == b"-ERR" and self.cut_after_error:
+                    state["cut"] = True
+                    break  # nothing after the error reaches the client
             state["first"] = False
         return bytes(out)
 

@@ -240,6 +240,26 @@ def test_a_denied_publish_names_the_subject_and_the_missing_permission(
     assert f"exit-handler: ERROR: {expected}" in result.stderr.splitlines()
 
 
+def test_a_denial_followed_by_a_lost_connection_is_still_a_refusal(
+    denying_server: NatsServer,
+) -> None:
+    """The connection drops right after the server's -ERR: retrying cannot help (exit 4)."""
+    subject = "events.core"
+    with NatsProxy(denying_server.url, cut_after_error=True) as proxy:
+        result = run_handler(
+            *base_args(subject, proxy.url),
+            "--nats-user=alice",
+            "--timeout=30",
+            env={"EXIT_HANDLER_NATS_PASSWORD": "pa55-w0rd"},
+        )
+    assert result.status == 4, result.stderr
+    assert proxy.connections == 1
+    assert (
+        "exit-handler: ERROR: NATS refused an operation: "
+        f'nats: permissions violation for publish to "{subject}"'
+    ) in result.stderr.splitlines()
+
+
 @pytest.mark.parametrize("verify_clients", [False, True])
 def test_tls_with_a_private_ca(tmp_path: Path, verify_clients: bool) -> None:
     files = make_tls_files(tmp_path)
