@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
 from pathlib import Path
 
 import pytest
 from conftest import Result, base_args, run_handler
 
+from exit_handler.options import MAX_FILE
 from exit_handler.testing import NatsServer, Subscriber
 
 GOOD = {
@@ -481,6 +484,29 @@ def test_an_unusable_input_file_is_named(
     path.write_bytes(content)
     result = run_handler(*base_args("events", "nats://127.0.0.1:1"), f"{option}={path}")
     assert bad_input_line(result) == f"{option}: " + problem.format(path=path)
+
+
+def test_an_endless_input_is_read_only_to_its_bound(tmp_path: Path) -> None:
+    """A pipe that never ends (think /dev/zero) is refused once past the bound."""
+    path = tmp_path / "endless"
+    os.mkfifo(path)
+    done = threading.Event()
+    timed_out: list[bool] = []
+
+    def write_and_hold() -> None:
+        with path.open("wb") as pipe:
+            pipe.write(b" " * (MAX_FILE + 1))
+            timed_out.append(not done.wait(60))  # the reader waited for an end that never came
+
+    writer = threading.Thread(target=write_and_hold)
+    writer.start()
+    try:
+        result = run_handler(*base_args("events", "nats://127.0.0.1:1"), f"--artifacts-file={path}")
+    finally:
+        done.set()
+        writer.join()
+    assert bad_input_line(result) == f"--artifacts-file: {path} is larger than {MAX_FILE} bytes"
+    assert timed_out == [False]
 
 
 def test_bad_environment_value_names_the_variable() -> None:
