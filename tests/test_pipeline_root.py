@@ -31,6 +31,8 @@ from exit_handler.pipeline_root import (
     PipelineRoot,
     RootLister,
     Window,
+    _reason,
+    _unverified_tls,
     check_segment,
     version_order,
 )
@@ -707,6 +709,29 @@ def test_an_untrusted_tls_certificate_exits_4_without_retrying(
         "(unable to get local issuer certificate); a proxy that intercepts TLS needs its CA "
         "in REQUESTS_CA_BUNDLE"
     )
+
+
+def test_a_cyclic_exception_chain_ends_the_search_for_a_tls_failure() -> None:
+    """requests and urllib3 chain their errors; a chain that loops must not hang the handler."""
+    first, second = OSError("first"), OSError("second")
+    first.__cause__, second.__context__ = second, first
+    assert _unverified_tls(first) is None
+    verification = ssl.SSLCertVerificationError("certificate verify failed")
+    second.__cause__ = verification
+    assert _unverified_tls(first) is verification
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (TimeoutError(), "TimeoutError"),  # no message: its type says what happened
+        (ConnectionError("reset\nby peer"), "reset"),
+        (OSError("x" * 300), "x" * 200),
+    ],
+    ids=["no-message", "first-line", "cut"],
+)
+def test_a_failure_is_named_by_its_first_line_or_its_type(error: OSError, reason: str) -> None:
+    assert _reason(error) == reason
 
 
 @pytest.fixture(scope="module")
