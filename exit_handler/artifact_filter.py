@@ -344,17 +344,12 @@ class _Choice(_Node):
 
 
 class _Opt(_Node):
-    __slots__ = ("expr", "item")
+    """``expr?``: only ever an item of a `_Seq`, which folds it (and so does its matching)."""
+
+    __slots__ = ("expr",)
 
     def __init__(self, expr: _Node) -> None:
         self.expr = expr
-        self.item = _item(expr)
-
-    def match(self, state: _State, pos: int) -> _Result:
-        end, value, steps = _call(state, self.item, pos)
-        if end == _FAIL:
-            return pos, None, steps + 1
-        return end, value, steps + 1
 
 
 class _Repeat(_Node):
