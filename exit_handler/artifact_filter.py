@@ -613,9 +613,8 @@ def _value_selector(state: _State, start: int, _end: int, value: object) -> obje
 
 
 def _value_number(state: _State, start: int, end: int, _value: object) -> object:
-    result = Value("number", state.text[start:end])
-    state.patterns[id(result)] = start
-    return result
+    # No position kept for 'matches': -?(0|[1-9][0-9]*)(.[0-9]+)? is always a valid pattern.
+    return Value("number", state.text[start:end])
 
 
 def _value_string(state: _State, start: int, _end: int, value: object) -> object:
