@@ -8,12 +8,14 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
+from conftest import MUTATION_JUDGES
 
 from exit_handler.testing import FakeGcsServer, NatsServer, write_gcs_seed
 
@@ -158,3 +160,17 @@ def _running(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_mutmut_runs_exactly_the_judges_of_every_mutated_module() -> None:
+    """pyproject's test list is what mutmut collects; conftest narrows it per module."""
+    config = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    mutmut = config["tool"]["mutmut"]
+    collected = {
+        Path(arg).name
+        for arg in mutmut["pytest_add_cli_args_test_selection"]
+        if arg.endswith(".py")
+    }
+    mutated = {Path(path).stem for path in mutmut["only_mutate"]}
+    assert set(MUTATION_JUDGES) == mutated
+    assert set().union(*MUTATION_JUDGES.values()) == collected
