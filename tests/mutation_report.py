@@ -36,9 +36,14 @@ def equivalent() -> dict[str, str]:
 def main(modules: list[str]) -> int:
     excluded = equivalent()
     failing = False
-    print(f"{'module':<20} {'mutants':>8} {'checked':>8} {'killed':>7} {'equiv.':>7} {'score':>7}")
+    print(
+        f"{'module':<20} {'mutants':>8} {'checked':>8} {'killed':>7} {'equiv.':>7} {'score':>7} "
+        f"{'test min':>9}"
+    )
     for meta in sorted(META.glob(f"{modules[0] if modules else '*'}.py.meta")):
-        verdicts = json.loads(meta.read_text())["exit_code_by_key"]
+        stored = json.loads(meta.read_text())
+        verdicts = stored["exit_code_by_key"]
+        minutes = sum(stored.get("durations_by_key", {}).values()) / 60  # over all workers
         checked = {k: v for k, v in verdicts.items() if v is not None}
         if not checked:
             continue
@@ -49,7 +54,7 @@ def main(modules: list[str]) -> int:
         module = meta.name.removesuffix(".py.meta")
         print(
             f"{module:<20} {len(verdicts):>8} {len(checked):>8} {counts['killed']:>7} "
-            f"{counts['equivalent']:>7} {score:>7.1%}"
+            f"{counts['equivalent']:>7} {score:>7.1%} {minutes:>9.1f}"
         )
         alive = (k for k, v in checked.items() if v not in KILLED and not _listed(k, excluded))
         for name in sorted(alive):
