@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import Result, base_args, run_handler
 
-from exit_handler.options import MAX_FILE
+from exit_handler.options import MAX_FILE, read_delivery, read_options, read_timeout
 from exit_handler.testing import NatsServer, Subscriber
 
 GOOD = {
@@ -507,6 +507,32 @@ def test_an_endless_input_is_read_only_to_its_bound(tmp_path: Path) -> None:
         writer.join()
     assert bad_input_line(result) == f"--artifacts-file: {path} is larger than {MAX_FILE} bytes"
     assert timed_out == [False]
+
+
+def test_what_is_not_given_takes_its_documented_default() -> None:
+    """The defaults the README and `--help` promise."""
+    required = {
+        "status": "Succeeded",
+        "workflow_name": "w",
+        "workflow_uid": "u",
+        "pipeline_name": "p",
+    }
+    options = read_options(required, {})
+    assert (options.timeout, options.clock_skew) == (60.0, 5.0)
+    assert (options.content_mode, options.provider, options.pusher_components) == (
+        "binary",
+        "kfp",
+        ("Pusher",),
+    )
+    assert (options.nats.servers, options.nats.subject, options.nats.delivery) == (
+        ("nats://eventbus-kfp-operator-events-stan-svc.kfp-operator.svc:4222",),
+        "events",
+        "auto",
+    )
+    assert (options.root, options.artifacts, options.dry_run) == (None, (), False)
+    # The deadline starts before the rest is read; a bad value is named later, with the rest.
+    assert read_timeout({}) == read_timeout({"timeout": "soon"}) == 60.0
+    assert read_delivery({}, {})[1] == 60.0
 
 
 def test_bad_environment_value_names_the_variable() -> None:
