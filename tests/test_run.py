@@ -357,6 +357,17 @@ def test_an_unresolved_argo_variable_is_named_as_such() -> None:
         parse_timestamp("{{workflow.creationTimestamp}}")
 
 
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [("7" * 60, '"' + "7" * 60 + '"'), ("7" * 61, '"' + "7" * 60 + '\\u2026"')],
+    ids=["60-whole", "61-cut"],
+)
+def test_a_bad_value_is_shown_up_to_60_characters(value: str, shown: str) -> None:
+    message = f"{shown} is not an RFC 3339 timestamp like 2026-11-26T10:00:00Z"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        parse_timestamp(value)
+
+
 def test_other_exit_templates_can_be_named() -> None:
     """Without inject, whoever calls the WorkflowTemplate names its own nodes."""
     attempt = {"displayName": "notify(0)", "templateName": "", "phase": "Error"}
