@@ -9,6 +9,7 @@ import signal
 import ssl
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,18 @@ def token_server() -> Iterator[NatsServer]:
 def password_server() -> Iterator[NatsServer]:
     with NatsServer(user="alice", password="pa55-w0rd") as server:
         yield server
+
+
+def test_the_server_knows_the_connection_by_the_handlers_name() -> None:
+    """An operator finds the exit handler by name in the server's connection list (connz)."""
+    port = free_port()
+    with NatsServer(jetstream=False, config_extra=f'http: "127.0.0.1:{port}"') as server:
+        result = run_handler(*base_args(SUBJECT, server.url))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/connz?state=closed") as response:
+            closed = json.load(response)["connections"]
+    assert result.status == 0, result.stderr
+    # Before it: the readiness probe of NatsServer, which has no name.
+    assert [connection.get("name") for connection in closed][-1:] == ["exit-handler"]
 
 
 def test_token_from_a_file(token_server: NatsServer, tmp_path: Path) -> None:
