@@ -86,9 +86,9 @@ class NatsSettings:
     tls_key: str | None = None
 
     def tls_context(self) -> ssl.SSLContext | None:
-        """A verifying TLS context when any TLS option or a tls:// server is given."""
-        wants_tls = any(server.startswith("tls://") for server in self.servers)
-        if not (wants_tls or self.tls_ca or self.tls_cert):
+        """A verifying TLS context for a private CA or a client certificate; for a tls://
+        URL alone, nats-py verifies against the system's CAs itself."""
+        if not (self.tls_ca or self.tls_cert):
             return None
         context = ssl.create_default_context(cafile=self.tls_ca)
         if self.tls_cert:
