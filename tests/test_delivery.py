@@ -397,7 +397,16 @@ def test_a_server_that_never_greets_is_retried_after_each_attempts_timeout() -> 
 
 
 def test_a_deadline_spent_before_delivery_says_it_timed_out(nats_server: NatsServer) -> None:
-    result = run_handler(*base_args(SUBJECT, nats_server.url), "--timeout=0.001")
+    # Reading 5,000 failures takes ~20 ms: the 1 ms deadline ends before delivery starts
+    # (alone, a loopback publish can finish inside 1 ms).
+    failures = [
+        {"displayName": f"step-{i}", "phase": "Failed", "message": "m" * 200} for i in range(5000)
+    ]
+    result = run_handler(
+        *base_args(SUBJECT, nats_server.url, status="Failed"),
+        "--failures=" + json.dumps(json.dumps(failures)),
+        "--timeout=0.001",
+    )
     assert result.status == 3, result.stderr
     assert deadline_line(nats_server.url, "0.001", "timed out") in result.stderr.splitlines()
     assert "unpublished event" in result.stderr
