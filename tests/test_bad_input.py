@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import Result, base_args, run_handler
+from conftest import Result, base_args, run_handler, selectable
 
 from exit_handler.options import MAX_FILE, read_delivery, read_options, read_timeout
 from exit_handler.testing import NatsServer, Subscriber
@@ -192,7 +192,9 @@ EXACT: list[tuple[dict[str, str], str]] = [
 ]
 
 
-@pytest.mark.parametrize(("changes", "problem"), EXACT, ids=[case[1][:40] for case in EXACT])
+@pytest.mark.parametrize(
+    ("changes", "problem"), EXACT, ids=selectable([case[1][:40] for case in EXACT])
+)
 def test_the_line_states_the_problem_and_the_first_characters_of_the_value(
     changes: dict[str, str], problem: str
 ) -> None:
