@@ -206,12 +206,14 @@ def test_a_refused_literal_is_reported_with_the_escape_at_fault(literal: str, re
 @pytest.mark.parametrize(
     ("text", "reason"),
     [
-        ('"\\f"', "Expecting value"),  # JSON's whitespace has no form feed
+        ("x", "Expecting value"),  # neither JSON nor a quoted string
+        ('\f"[]"', "Expecting value"),  # a form feed is not JSON's whitespace, outside
+        ('"\\f"', "Expecting value"),  # nor inside the quotes
         ('"[] x"', "Extra data"),
         ("[" * 100_000, "nested too deeply"),
         ('"' + "[" * 100_000 + '"', "nested too deeply"),
     ],
-    ids=["form-feed", "extra-data", "deep-outer", "deep-inner"],
+    ids=["not-quoted", "form-feed-outside", "form-feed", "extra-data", "deep-outer", "deep-inner"],
 )
 def test_a_whole_list_that_is_not_json_is_refused_with_the_reason(text: str, reason: str) -> None:
     message = f"not the JSON that {{{{workflow.failures}}}} gives ({reason})"
