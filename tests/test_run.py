@@ -377,6 +377,24 @@ def test_other_exit_templates_can_be_named() -> None:
     assert len(read_run(text).failures) == 2
     wired = RunText(**{**text.__dict__, "exit_templates": ("notify",)})
     assert [failure.display_name for failure in read_run(wired).failures] == ["Trainer"]
+    # The same from the command line.
+    failures = "--failures=" + json.dumps(json.dumps([*ARGO_FAILURES, attempt]))
+    for extra, names in (
+        ((), ["Trainer", "notify(0)"]),
+        (("--exit-templates=notify",), ["Trainer"]),
+    ):
+        result = run_handler(
+            "publish",
+            "--status=Failed",
+            "--workflow-name=penguin-pipeline-x7k2p",
+            "--workflow-uid=uid-1",
+            "--pipeline-name=penguin-pipeline",
+            failures,
+            *extra,
+            "--dry-run",
+        )
+        payload = json.loads(str(result.dry_run["payload"]))
+        assert [failure["displayName"] for failure in payload["failures"]] == names
 
 
 def test_a_user_step_displayed_like_an_exit_template_stays_a_failure() -> None:
