@@ -60,10 +60,10 @@ def main(modules: list[str]) -> int:
         for name in sorted(alive):
             why = "no test reaches it" if checked[name] in UNTESTED else "survived"
             print(f"    {why}: {name}  (mutmut show {name})")
+        surviving = [k for k, v in checked.items() if v not in KILLED]
         for pattern in sorted(excluded):  # entries that a test or a code change made stale
-            alive_here = [k for k, v in checked.items() if v not in KILLED]
             if pattern.startswith(f"exit_handler.{module}.") and not any(
-                fnmatch.fnmatchcase(k, pattern) for k in alive_here
+                fnmatch.fnmatchcase(k, pattern) for k in surviving
             ):
                 print(f"    listed as equivalent, but killed or gone: {pattern}")
     return 1 if failing else 0

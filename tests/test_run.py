@@ -113,6 +113,16 @@ WORKFLOW_ENTRIES = [
 ]
 
 
+# `exit-handler publish` for a failed run, before its failures.
+FAILED_RUN = (
+    "publish",
+    "--status=Failed",
+    "--workflow-name=penguin-pipeline-x7k2p",
+    "--workflow-uid=uid-1",
+    "--pipeline-name=penguin-pipeline",
+)
+
+
 def argo_cut(text: str, limit: int) -> str:
     """What Argo passes for `{{=sprig.trunc(limit, …)}}`: sprig keeps `limit` bytes, and
     json.Marshal writes each byte of a character it split as U+FFFD."""
@@ -261,15 +271,7 @@ def test_a_cut_list_keeps_exactly_the_entries_that_arrived_whole() -> None:
 
 def test_a_cut_list_is_published_with_a_warning_that_says_what_was_kept() -> None:
     cut = argo_cut(WORKFLOW_FAILURES, 600)  # inside the third entry
-    result = run_handler(
-        "publish",
-        "--status=Failed",
-        "--workflow-name=penguin-pipeline-x7k2p",
-        "--workflow-uid=uid-1",
-        "--pipeline-name=penguin-pipeline",
-        f"--failures={cut}",
-        "--dry-run",
-    )
+    result = run_handler(*FAILED_RUN, f"--failures={cut}", "--dry-run")
     assert result.status == 0, result.stderr
     (warning,) = result.stderr.splitlines()
     assert warning.startswith("exit-handler: WARNING: ")
@@ -383,16 +385,8 @@ def test_other_exit_templates_can_be_named() -> None:
         ((), ["Trainer", "notify(0)"]),
         (("--exit-templates=notify",), ["Trainer"]),
     ):
-        result = run_handler(
-            "publish",
-            "--status=Failed",
-            "--workflow-name=penguin-pipeline-x7k2p",
-            "--workflow-uid=uid-1",
-            "--pipeline-name=penguin-pipeline",
-            failures,
-            *extra,
-            "--dry-run",
-        )
+        result = run_handler(*FAILED_RUN, failures, *extra, "--dry-run")
+        assert result.status == 0, result.stderr
         payload = json.loads(str(result.dry_run["payload"]))
         assert [failure["displayName"] for failure in payload["failures"]] == names
 
